@@ -165,17 +165,21 @@ def generate(
     stop_strings: SequenceType[str] = (),
     on_token: TokenCallback | None = None,
     prompt_ids: SequenceType[SequenceType[int]] | None = None,
+    ignore_eos: bool = False,
 ) -> GenerationResult:
     """Generate a continuation for each prompt (a batch when given several), with a KV cache.
 
-    `prompt_ids` replaces `prompts` with already-tokenized input (benchmarks use it to pin the length).
+    `prompt_ids` replaces `prompts` with already-tokenized input, and `ignore_eos` makes every sequence run
+    to `max_new_tokens`: benchmarks use both so that every run does the same work.
     """
     if isinstance(prompts, str):
         prompts = [prompts]
-    stop = StopRule(max_new_tokens, eos_token_ids(loaded), tuple(s for s in stop_strings if s))
-    encoded = [list(p) for p in prompt_ids] if prompt_ids is not None else encode_prompts(
-        loaded, prompts, max_new_tokens
-    )
+    eos = frozenset() if ignore_eos else eos_token_ids(loaded)
+    stop = StopRule(max_new_tokens, eos, tuple(s for s in stop_strings if s))
+    if prompt_ids is not None:
+        encoded = [list(p) for p in prompt_ids]
+    else:
+        encoded = encode_prompts(loaded, prompts, max_new_tokens)
     params = [sampling] * len(encoded) if isinstance(sampling, SamplingParams) else list(sampling)
     if len(params) != len(encoded):
         raise RuvonError(f"Got {len(params)} sampling settings for {len(encoded)} prompts; give one or one each.")

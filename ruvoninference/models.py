@@ -182,9 +182,14 @@ def load_pretrained(
                 f"or one of the embedded models: {', '.join(EMBEDDED_MODELS)}."
             )
         source = str(expanded) if expanded.exists() else name
+    # Try the local cache first; only go to the Hub when it answers, so an offline laptop gets its answer in
+    # seconds instead of after the Hub client's retries.
+    local_only = Path(source).exists() or not _hub_reachable()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, attn_implementation=attn_implementation, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, attn_implementation=attn_implementation, dtype=dtype, local_files_only=local_only
+        )
     except (OSError, ValueError) as exc:
         if name in EMBEDDED_MODELS:
             raise
@@ -196,6 +201,20 @@ def load_pretrained(
             f"Hub or in its local cache); the embedded models work offline: {', '.join(EMBEDDED_MODELS)}."
         ) from None
     return model, tokenizer
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
 
 
 def context_length(config) -> int:

@@ -1,0 +1,1 @@
+"""The command line (Typer + rich). The library, `ruvoninference`, never imports this package."""

@@ -1,0 +1,161 @@
+"""How attention cost grows with the context, per backend.
+
+`AttentionBenchmark.sequence_length_scaling` runs one prefill forward pass of n tokens (the prompt's tokens
+repeated up to n) and measures its time and the peak memory it needed above what was allocated before it
+(the weights). Eager attention materializes [heads, n, n] scores per layer, so its peak grows as n²; the
+fused kernels (SDPA's flash path, FlashAttention-2, ours) keep it linear in n.
+
+On CUDA, time is taken with CUDA events and the peak from the caching allocator; on a CPU, time with a host
+clock and the peak by sampling the process's resident memory during the pass (the CPU has no resettable
+allocator peak), labelled as such.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+import psutil
+import torch
+
+from ruvoninference.attention import AttentionImplementation, LoadedModel, load_model_with_attention
+from ruvoninference.errors import RuvonError
+from ruvoninference.models import ProgressCallback
+
+
+@dataclass
+class ScalingRow:
+    implementation: str
+    sequence_length: int
+    seconds: float | None  # median over repeats; None when the pass ran out of memory
+    tokens_per_s: float | None
+    peak_memory_bytes: int | None  # above the memory in use before the pass
+    status: str  # "ok" or "OOM"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def tokens_of_length(tokenizer, prompt: str, length: int) -> list[int]:
+    """The prompt's tokens repeated and cut to exactly `length` tokens."""
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise RuvonError("The prompt is empty; give some text to repeat up to each sequence length.")
+    return (ids * (length // len(ids) + 1))[:length]
+
+
+class _RssSampler:
+    """Polls the process's resident memory in a thread; the CPU stand-in for a peak-memory counter."""
+
+    def __init__(self, interval_s: float = 0.002):
+        self.interval_s, self.peak, self._stop = interval_s, 0, threading.Event()
+        self._process = psutil.Process()
+
+    def __enter__(self):
+        self.base = self.peak = self._process.memory_info().rss
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._process.memory_info().rss)
+            time.sleep(self.interval_s)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._process.memory_info().rss)
+
+    @property
+    def extra(self) -> int:
+        return self.peak - self.base
+
+
+@torch.inference_mode()
+def measure_prefill(loaded: LoadedModel, input_ids: list[int], repeats: int = 3, warmup: int = 1) -> tuple[float, int]:
+    """Median seconds and peak extra bytes of one prefill forward over `input_ids` (batch 1)."""
+    device, model = loaded.device, loaded.model
+    ids = torch.tensor([input_ids], device=device)
+    kwargs = {"logits_to_keep": 1}
+
+    def once() -> None:
+        model(input_ids=ids, use_cache=True, **kwargs)
+
+    for _ in range(warmup):
+        once()
+    times, peak = [], 0
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            before = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            once()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1000)
+            peak = max(peak, torch.cuda.max_memory_allocated(device) - before)
+        else:
+            with _RssSampler() as sampler:
+                t0 = time.perf_counter()
+                once()
+                times.append(time.perf_counter() - t0)
+            peak = max(peak, sampler.extra)
+    return statistics.median(times), peak
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+class AttentionBenchmark:
+    """Prefill time and peak memory against sequence length, for one model on one device."""
+
+    def __init__(
+        self,
+        model_name: str,
+        device: str | None = None,
+        torch_dtype: str | torch.dtype | None = None,
+        repeats: int = 3,
+        progress: ProgressCallback | None = None,
+    ):
+        self.model_name, self.device, self.torch_dtype = model_name, device, torch_dtype
+        self.repeats, self.progress = repeats, progress
+
+    def load(self, implementation: str | AttentionImplementation) -> LoadedModel:
+        return load_model_with_attention(self.model_name, implementation, self.device, self.torch_dtype)
+
+    def sequence_length_scaling(
+        self,
+        implementation: str | AttentionImplementation,
+        prompt: str,
+        sequence_lengths: list[int] = [128, 256, 512, 1024],  # noqa: B006 - read only
+        loaded: LoadedModel | None = None,
+    ) -> list[ScalingRow]:
+        loaded = loaded or self.load(implementation)
+        for n in sequence_lengths:
+            if n < 1 or n > loaded.context_length:
+                raise RuvonError(
+                    f"Sequence length {n} is outside 1..{loaded.context_length}, the context of '{loaded.name}'."
+                )
+        rows = []
+        for i, n in enumerate(sequence_lengths):
+            if self.progress:
+                self.progress(f"{loaded.implementation} at {n} tokens", i, len(sequence_lengths))
+            ids = tokens_of_length(loaded.tokenizer, prompt, n)
+            try:
+                seconds, peak = measure_prefill(loaded, ids, repeats=self.repeats)
+                rows.append(ScalingRow(str(loaded.implementation), n, seconds, n / seconds, peak, "ok"))
+            except (RuntimeError, torch.OutOfMemoryError) as exc:
+                if not _is_oom(exc):
+                    raise
+                if loaded.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                rows.append(ScalingRow(str(loaded.implementation), n, None, None, None, "OOM"))
+        if self.progress:
+            self.progress(f"{loaded.implementation} done", len(sequence_lengths), len(sequence_lengths))
+        return rows

@@ -1,0 +1,265 @@
+"""Side-by-side generation benchmarks: every backend on the same model, prompt, device and dtype.
+
+For each implementation: load the model with it, run the generation loop `warmup` times untimed (kernel
+compilation, autotuning and allocator growth stay out of the numbers), then `repeats` timed runs, each
+generating exactly `max_new_tokens` greedy tokens (EOS ignored, so every run does the same work). We report
+medians, the min/max spread of tokens/s, and whether the greedy tokens equal eager's: a fast backend that
+changes the answer is not a speedup.
+
+`baseline_hf=True` adds Hugging Face `model.generate` on the SDPA model as a row, so our loop is measured
+against the library's.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ruvoninference.attention import (
+    AttentionImplementation,
+    LoadedModel,
+    load_model_with_attention,
+    resolve_device,
+    resolve_dtype,
+)
+from ruvoninference.environment import describe
+from ruvoninference.generation import encode_prompts, generate
+from ruvoninference.models import ProgressCallback
+from ruvoninference.stats import peak_memory, reset_peak_memory
+
+HF_BASELINE = "hf_generate"
+
+
+@dataclass
+class BenchmarkRow:
+    implementation: str
+    median_time_s: float
+    tokens_per_s_median: float
+    tokens_per_s_min: float
+    tokens_per_s_max: float
+    ttft_median_s: float
+    prefill_tokens_per_s: float | None
+    decode_tokens_per_s: float | None
+    peak_memory_bytes: int
+    peak_memory_kind: str
+    token_ids: list[int]
+    speedup_vs_eager: float | None = None
+    matches_eager: bool | None = None
+    first_mismatch: int | None = None  # index of the first token that differs from eager's
+
+
+@dataclass
+class BenchmarkReport:
+    environment: dict
+    config: dict
+    rows: list[BenchmarkRow] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "environment": self.environment,
+            "config": self.config,
+            "rows": [asdict(r) for r in self.rows],
+            "skipped": self.skipped,
+        }
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _time_runs(run: Callable[[], dict], warmup: int, repeats: int) -> list[dict]:
+    for _ in range(warmup):
+        run()
+    return [run() for _ in range(repeats)]
+
+
+def _row(name: str, runs: list[dict], token_ids: list[int]) -> BenchmarkRow:
+    rates = [r["tokens"] / r["total"] for r in runs]
+    prefill = [r["prefill_tps"] for r in runs if r.get("prefill_tps") is not None]
+    decode = [r["decode_tps"] for r in runs if r.get("decode_tps") is not None]
+    return BenchmarkRow(
+        implementation=name,
+        median_time_s=statistics.median(r["total"] for r in runs),
+        tokens_per_s_median=statistics.median(rates),
+        tokens_per_s_min=min(rates),
+        tokens_per_s_max=max(rates),
+        ttft_median_s=statistics.median(r["ttft"] for r in runs),
+        prefill_tokens_per_s=statistics.median(prefill) if prefill else None,
+        decode_tokens_per_s=statistics.median(decode) if decode else None,
+        peak_memory_bytes=max(r["peak"] for r in runs),
+        peak_memory_kind=runs[0]["peak_kind"],
+        token_ids=token_ids,
+    )
+
+
+def _ours(loaded: LoadedModel, prompt_ids: list[int], max_new_tokens: int, warmup: int, repeats: int):
+    last = {}
+
+    def run() -> dict:
+        result = generate(loaded, [], max_new_tokens, prompt_ids=[prompt_ids], ignore_eos=True)
+        s = result.stats
+        last["ids"] = result.sequences[0].token_ids
+        return {
+            "total": s.total_time_s, "tokens": s.generated_tokens, "ttft": s.time_to_first_token_s,
+            "prefill_tps": s.prefill_tokens_per_s, "decode_tps": s.decode_tokens_per_s,
+            "peak": s.peak_memory_bytes, "peak_kind": s.peak_memory_kind,
+        }
+
+    runs = _time_runs(run, warmup, repeats)
+    return runs, last["ids"]
+
+
+@torch.inference_mode()
+def _hf_generate(loaded: LoadedModel, prompt_ids: list[int], max_new_tokens: int, warmup: int, repeats: int):
+    ids = torch.tensor([prompt_ids], device=loaded.device)
+    mask = torch.ones_like(ids)
+    last = {}
+
+    def run() -> dict:
+        reset_peak_memory(loaded.device)
+        start = time.perf_counter()
+        out = loaded.model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+            do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id,
+        )
+        total = time.perf_counter() - start  # .generate returns host-visible tokens: already synchronized
+        peak, kind = peak_memory(loaded.device)
+        last["ids"] = out[0, len(prompt_ids):].tolist()
+        # HF's generate does not expose its time to first token: measure it as a 1-token generate.
+        start = time.perf_counter()
+        loaded.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=1, do_sample=False,
+                              pad_token_id=loaded.tokenizer.pad_token_id)
+        ttft = time.perf_counter() - start
+        return {"total": total, "tokens": len(last["ids"]), "ttft": ttft, "peak": peak, "peak_kind": kind}
+
+    runs = _time_runs(run, warmup, repeats)
+    return runs, last["ids"]
+
+
+def compare_implementations(
+    model: str,
+    prompt: str,
+    max_new_tokens: int,
+    implementations: list[AttentionImplementation],
+    device: str | None = None,
+    dtype: str | None = None,
+    warmup: int = 1,
+    repeats: int = 3,
+    baseline_hf: bool = False,
+    skipped: dict[str, str] | None = None,
+    progress: ProgressCallback | None = None,
+) -> BenchmarkReport:
+    """Benchmark our generation loop under each implementation (and optionally HF generate) side by side."""
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    report = BenchmarkReport(
+        environment=describe(dev),
+        config={
+            "model": model, "prompt": prompt, "max_new_tokens": max_new_tokens, "device": str(dev),
+            "dtype": str(torch_dtype).removeprefix("torch."), "warmup": warmup, "repeats": repeats,
+            "implementations": [str(i) for i in implementations], "baseline_hf": baseline_hf,
+            "decoding": "greedy, EOS ignored (every run generates max_new_tokens)",
+        },
+        skipped=dict(skipped or {}),
+    )
+    jobs: list[tuple[str, AttentionImplementation]] = [(str(i), i) for i in implementations]
+    if baseline_hf:
+        jobs.append((HF_BASELINE, AttentionImplementation.SDPA))
+    prompt_ids = None
+    for step, (name, impl) in enumerate(jobs):
+        if progress:
+            progress(f"Benchmarking {name}", step, len(jobs))
+        loaded = load_model_with_attention(model, impl, dev, torch_dtype)
+        if prompt_ids is None:
+            prompt_ids = encode_prompts(loaded, [prompt], max_new_tokens)[0]
+            report.config["prompt_tokens"] = len(prompt_ids)
+        measure = _hf_generate if name == HF_BASELINE else _ours
+        runs, token_ids = measure(loaded, prompt_ids, max_new_tokens, warmup, repeats)
+        report.rows.append(_row(name, runs, token_ids))
+        del loaded
+        _free(dev)
+    if progress:
+        progress("Done", len(jobs), len(jobs))
+    _compare_with_eager(report.rows)
+    return report
+
+
+def _compare_with_eager(rows: list[BenchmarkRow]) -> None:
+    eager = next((r for r in rows if r.implementation == AttentionImplementation.EAGER.value), None)
+    if eager is None:
+        return
+    for row in rows:
+        row.speedup_vs_eager = row.tokens_per_s_median / eager.tokens_per_s_median
+        mismatch = next((i for i, (a, b) in enumerate(zip(row.token_ids, eager.token_ids)) if a != b), None)
+        if mismatch is None and len(row.token_ids) != len(eager.token_ids):
+            mismatch = min(len(row.token_ids), len(eager.token_ids))
+        row.matches_eager, row.first_mismatch = mismatch is None, mismatch
+
+
+def _mib(value: int | None) -> str:
+    return "—" if value is None else f"{value / 2**20:,.0f}"
+
+
+def to_markdown(report: dict) -> str:
+    """A markdown table of a `compare_implementations` report (as a dict), with where and how it ran."""
+    env, cfg = report["environment"], report["config"]
+    lines = [
+        f"Device: {env['device']}; torch {env['torch']}, transformers {env['transformers']}, "
+        f"triton {env['triton']}, flash-attn {env['flash_attn']}.",
+        f"Model {cfg['model']}, {cfg['dtype']}, prompt of {cfg.get('prompt_tokens')} tokens, "
+        f"{cfg['max_new_tokens']} new tokens ({cfg['decoding']}); median of {cfg['repeats']} runs "
+        f"after {cfg['warmup']} warm-up.",
+    ]
+    if report.get("command"):
+        lines.append(f"Command: `{report['command']}`")
+    lines += [
+        "",
+        "| implementation | median time (s) | tokens/s (median) | min–max | TTFT (ms) | prefill tok/s "
+        "| decode tok/s | peak memory (MiB) | vs eager | tokens = eager |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        match = "—" if r["matches_eager"] is None else ("yes" if r["matches_eager"] else f"no (from {r['first_mismatch']})")
+        speed = "—" if r["speedup_vs_eager"] is None else f"{r['speedup_vs_eager']:.2f}x"
+        prefill = "—" if r["prefill_tokens_per_s"] is None else f"{r['prefill_tokens_per_s']:,.0f}"
+        decode = "—" if r["decode_tokens_per_s"] is None else f"{r['decode_tokens_per_s']:,.1f}"
+        lines.append(
+            f"| {r['implementation']} | {r['median_time_s']:.3f} | {r['tokens_per_s_median']:,.1f} "
+            f"| {r['tokens_per_s_min']:,.1f}–{r['tokens_per_s_max']:,.1f} | {r['ttft_median_s'] * 1000:,.1f} "
+            f"| {prefill} | {decode} | {_mib(r['peak_memory_bytes'])} ({r['peak_memory_kind']}) | {speed} | {match} |"
+        )
+    for name, why in report.get("skipped", {}).items():
+        lines.append(f"\n{name}: not run ({why}).")
+    return "\n".join(lines) + "\n"
+
+
+def scaling_markdown(scaling: dict) -> str:
+    """A markdown table of prefill time and memory against sequence length, per implementation."""
+    rows = scaling["rows"]
+    impls = list(dict.fromkeys(r["implementation"] for r in rows))
+    cells = {(r["implementation"], r["sequence_length"]): r for r in rows}
+    lines = [
+        f"Prefill of n tokens (batch 1): median time (ms) and {scaling['memory']} (MiB).",
+        "",
+        "| n | " + " | ".join(f"{i} ms | {i} MiB" for i in impls) + " |",
+        "|---|" + "---|---|" * len(impls),
+    ]
+    for n in sorted({r["sequence_length"] for r in rows}):
+        out = []
+        for impl in impls:
+            r = cells.get((impl, n))
+            if r is None or r["status"] != "ok":
+                status = r["status"] if r else "—"
+                out += [status, status]
+            else:
+                out += [f"{r['seconds'] * 1000:,.1f}", _mib(r["peak_memory_bytes"])]
+        lines.append(f"| {n} | " + " | ".join(out) + " |")
+    return "\n".join(lines) + "\n"
