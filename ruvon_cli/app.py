@@ -96,7 +96,7 @@ def generate(
     from ruvoninference.attention import load_model_with_attention
     from ruvoninference.environment import describe
     from ruvoninference.errors import RuvonError
-    from ruvoninference.generation import StopRule, generate as run_generation
+    from ruvoninference.generation import StopRule, encode_prompts, generate as run_generation
     from ruvoninference.sampling import SamplingParams
 
     if text is None:
@@ -106,6 +106,7 @@ def generate(
     with render.progress_bar() as progress:
         progress(f"Loading {model} ({attn})", 0, 1)
         loaded = load_model_with_attention(model, attn, device, dtype, progress=progress)
+    encode_prompts(loaded, [text], max_length)  # a prompt that does not fit fails before any output
     if loaded.random_weights:
         err_console.print(f"[yellow]{model} has random weights: the text is noise, the timings are real.[/yellow]")
     console.print(f"[dim]{model} · {loaded.implementation} · {loaded.device} · "

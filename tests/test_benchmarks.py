@@ -1,0 +1,40 @@
+import pytest
+import torch
+
+from ruvoninference.attention.benchmarks import AttentionBenchmark, tokens_of_length
+from ruvoninference.benchmark import BenchmarkRow, _compare_with_eager
+from ruvoninference.errors import RuvonError
+from ruvoninference.kernels.benchmark import flops
+
+
+def test_tokens_of_length_repeats_the_prompt(gpt2_sdpa):
+    ids = tokens_of_length(gpt2_sdpa.tokenizer, "Once upon a time", 10)
+    assert ids == [7454, 2402, 257, 640] * 2 + [7454, 2402]
+
+
+def test_sequence_length_scaling_rows(gpt2_sdpa):
+    bench = AttentionBenchmark("gpt2-random", device="cpu", repeats=1)
+    rows = bench.sequence_length_scaling("sdpa", "Once upon a time", [16, 64], loaded=gpt2_sdpa)
+    assert [r.sequence_length for r in rows] == [16, 64]
+    for r in rows:
+        assert r.status == "ok" and r.seconds > 0 and r.tokens_per_s == pytest.approx(r.sequence_length / r.seconds)
+        assert r.peak_memory_bytes >= 0
+    with pytest.raises(RuvonError, match="outside"):
+        bench.sequence_length_scaling("sdpa", "x", [2048], loaded=gpt2_sdpa)
+
+
+def _row(name, tps, ids):
+    return BenchmarkRow(name, 1.0, tps, tps, tps, 0.1, None, None, 0, "process_rss", ids)
+
+
+def test_speedup_and_agreement_are_computed_against_eager():
+    rows = [_row("eager", 10.0, [1, 2, 3]), _row("sdpa", 15.0, [1, 2, 3]), _row("x", 20.0, [1, 5, 3])]
+    _compare_with_eager(rows)
+    assert [r.speedup_vs_eager for r in rows] == [1.0, 1.5, 2.0]
+    assert [r.matches_eager for r in rows] == [True, True, False]
+    assert rows[2].first_mismatch == 1
+
+
+def test_attention_flops():
+    assert flops(1, 1, 1024, 64, causal=False) == 4 * 1024 * 1024 * 64
+    assert flops(2, 3, 1024, 64, causal=True) == 2 * 3 * 2 * 1024 * 1024 * 64

@@ -1,0 +1,38 @@
+import os
+import time
+
+import pytest
+import torch
+
+from ruvoninference.errors import RuvonError
+from ruvoninference.models import load_pretrained, smollm2_folder, smollm2_gguf_path
+
+
+def test_embedded_gguf_is_found_through_package_metadata():
+    path = smollm2_gguf_path()
+    assert path.name.endswith(".gguf") and path.stat().st_size > 50_000_000
+
+
+def test_converted_smollm2_loads_fast_from_the_cache(smollm2_sdpa):
+    folder = smollm2_folder()  # converted by the fixture already
+    assert (folder / "ruvon-converted").exists() and (folder / "config.json").exists()
+    start = time.perf_counter()
+    model, tokenizer = load_pretrained("smollm2-135m", "sdpa", torch.float32)
+    assert time.perf_counter() - start < 10  # "under 2 s" on a laptop; generous for a loaded CI machine
+    assert model.config.num_key_value_heads == 3 and model.config.max_position_embeddings == 8192
+    assert tokenizer("Once upon a time", add_special_tokens=False)["input_ids"] == [6403, 1980, 253, 655]
+
+
+def test_gpt2_random_is_gpt2_small_and_deterministic(gpt2_sdpa):
+    model, tokenizer = load_pretrained("gpt2-random", "sdpa", torch.float32)
+    assert sum(p.numel() for p in model.parameters()) == 124_439_808
+    assert torch.equal(model.transformer.h[3].mlp.c_fc.weight, gpt2_sdpa.model.transformer.h[3].mlp.c_fc.weight)
+    assert tokenizer("Once upon a time", add_special_tokens=False)["input_ids"] == [7454, 2402, 257, 640]
+
+
+def test_missing_folder_and_unreachable_hub_are_user_errors():
+    with pytest.raises(RuvonError, match="does not exist"):
+        load_pretrained("./no-such-model-folder", "sdpa", torch.float32)
+    assert os.environ["HF_HUB_OFFLINE"] == "1"  # conftest: never touch the Hub
+    with pytest.raises(RuvonError, match="embedded models work offline"):
+        load_pretrained("some-org/some-model-that-is-not-cached", "sdpa", torch.float32)
