@@ -34,6 +34,14 @@ if [ "$stage" = engine ]; then
   run python3 cli.py flash --text "Once upon a time" --show-memory --json "$R/flash.json" --markdown "$R/flash.md"
   run python3 cli.py flash --text "test" --max-length 10 2>&1 | tee "$R/flash-short.txt"
 else
+  run python3 -m pytest -q -p no:cacheprovider tests/test_flash_attention_kernel.py tests/test_triton_backend.py \
+      2>&1 | tee "$R/pytest-kernel.log"
   run python3 cli.py kernel benchmark --json "$R/kernel.json" --markdown "$R/kernel.md" --plot "$R/kernel.png"
+  if [ -n "${EXPLORE:-}" ]; then  # variants kept for the notes: pointer loads, and warp specialization
+    RUVON_FLASH_TMA=0 run python3 cli.py kernel benchmark --head-dim 128 --seq-len 4096 --seq-len 16384 \
+        --markdown "$R/variant-no-tma.md" > /dev/null
+    RUVON_FLASH_WS=1 run python3 cli.py kernel benchmark --head-dim 128 --head-dim 64 --seq-len 4096 \
+        --seq-len 16384 --markdown "$R/variant-ws.md" > /dev/null
+  fi
 fi
 tar czf "$OUT/results-$stage.tgz" -C "$R" .

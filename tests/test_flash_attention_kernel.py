@@ -97,9 +97,11 @@ def test_rejects_what_it_cannot_do():
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("d", [32, 64, 96, 128, 256])
+@pytest.mark.parametrize("tma", ["1", "0"])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("nq,nkv", [(1, 1), (7, 7), (129, 129), (1000, 1000), (1, 1000), (300, 1000), (2048, 2048)])
-def test_full_size_on_gpu(dtype, d, causal, nq, nkv):
+def test_full_size_on_gpu(dtype, d, causal, nq, nkv, tma, monkeypatch):
+    monkeypatch.setenv("RUVON_FLASH_TMA", tma)
     check(2, 8, 2, nq, nkv, d, causal, dtype=dtype, layout="bnhd")
 
 
@@ -110,10 +112,13 @@ def test_long_sequence_on_gpu(dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("tma", ["1", "0"])
 @pytest.mark.parametrize("causal", [False, True])
-def test_every_autotune_tile_is_correct(causal):
+def test_every_autotune_tile_is_correct(causal, tma, monkeypatch):
     """The autotuner may pick any tile; each must compute the same function (ragged n, GQA, strided)."""
     from ruvoninference.kernels.flash_attention import all_configs
+
+    monkeypatch.setenv("RUVON_FLASH_TMA", tma)  # Hopper's tensor-descriptor loads, and the pointer loads
 
     for nq, nkv in [(1, 300), (300, 300), (200, 1000)]:
         gen = torch.Generator(device=DEVICE).manual_seed(nq + nkv)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -44,6 +45,7 @@ class KernelRow:
     tflops: float | None
     status: str  # "ok", "OOM" or "error: ..."
     rel_err_vs_fp64_sample: float | None = None
+    config: str | None = None  # the tile the autotuner chose (ours only)
 
 
 @dataclass
@@ -170,6 +172,8 @@ def run_benchmark(
             "dtype": str(dtype).removeprefix("torch."), "tokens_per_batch": TOKENS_PER_BATCH,
             "hidden": HIDDEN, "providers": names, "timing": "triton.testing.do_bench median, ms",
             "memory_batch": 1,
+            "triton_tma": os.environ.get("RUVON_FLASH_TMA", "1") != "0",
+            "triton_warp_specialize": os.environ.get("RUVON_FLASH_WS") == "1",
         },
         unavailable=unavailable,
     )
@@ -190,6 +194,8 @@ def run_benchmark(
                 q, k, v = _inputs(name, batch, heads, seq_len, head_dim, dtype, seed=i)
                 ms = triton.testing.do_bench(lambda: fn(q, k, v, causal), return_mode="median")
                 row.ms, row.tflops = ms, flops(batch, heads, seq_len, head_dim, causal) / (ms * 1e-3) / 1e12
+                if name == "triton":
+                    row.config = _chosen_tile()
             except Exception as exc:  # a provider's failure is a row, not the end of the run
                 row.status = "OOM" if _is_oom(exc) else f"error: {type(exc).__name__}: {str(exc)[:160]}"
             finally:
@@ -200,6 +206,15 @@ def run_benchmark(
     if progress:
         progress("done", len(cells), len(cells))
     return report
+
+
+def _chosen_tile() -> str | None:
+    from ruvoninference.kernels.flash_attention import _flash_attention_forward
+
+    best = getattr(_flash_attention_forward, "best_config", None)
+    if best is None:
+        return None
+    return f"BLOCK_M={best.kwargs['BLOCK_M']} BLOCK_N={best.kwargs['BLOCK_N']} warps={best.num_warps} stages={best.num_stages}"
 
 
 def _memory_row(name, fn, seq_len, heads, head_dim, causal, dtype) -> MemoryRow:

@@ -96,21 +96,25 @@ def _prune(configs, named_args, **kwargs):
 @triton.jit
 def _attend_kv_range(
     acc, l_i, m_i, q,
-    k_base, v_base, mask_base,
+    k_base, v_base, k_desc, v_desc, mask_base,
     stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn,
     offs_m, offs_n, offs_d,
     lo, hi, diagonal, N_Q, N_KV, qk_scale,
     HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, MASKED: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
 ):
     """Fold key/value blocks [lo, hi) into the running (acc, l, m) of one query tile."""
-    for start_n in range(lo, hi, BLOCK_N):
+    for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         cols = start_n + offs_n  # [BLOCK_N] key positions
         # K is loaded transposed, [d, BLOCK_N], so Q K^T is a plain [BLOCK_M, d] x [d, BLOCK_N] product.
         k_ptrs = k_base + cols[None, :] * stride_kn + offs_d[:, None] * stride_kd
         v_ptrs = v_base + cols[:, None] * stride_vn + offs_d[None, :] * stride_vd
-        if MASKED or BLOCK_D != HEAD_DIM:
+        if USE_TMA:
+            # The bulk tensor copy engine fetches the tile; rows past N_KV and columns past HEAD_DIM
+            # arrive as zeros, so even the ragged last block needs no predicates here.
+            k = k_desc.load([start_n, 0]).T
+        elif MASKED or BLOCK_D != HEAD_DIM:
             k = tl.load(k_ptrs, mask=(cols[None, :] < N_KV) & (offs_d[:, None] < HEAD_DIM), other=0.0)
         else:
             k = tl.load(k_ptrs)  # every column is in bounds: no predicates on the hot path
@@ -139,7 +143,9 @@ def _attend_kv_range(
         alpha = tl.math.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
-        if MASKED or BLOCK_D != HEAD_DIM:
+        if USE_TMA:
+            v = v_desc.load([start_n, 0])
+        elif MASKED or BLOCK_D != HEAD_DIM:
             v = tl.load(v_ptrs, mask=(cols[:, None] < N_KV) & (offs_d[None, :] < HEAD_DIM), other=0.0)
         else:
             v = tl.load(v_ptrs)
@@ -151,7 +157,7 @@ def _attend_kv_range(
 
 @triton.autotune(
     configs=_configs(),
-    key=["N_Q_BUCKET", "N_KV_BUCKET", "HEAD_DIM", "CAUSAL", "HAS_MASK"],
+    key=["N_Q_BUCKET", "N_KV_BUCKET", "HEAD_DIM", "CAUSAL", "HAS_MASK", "USE_TMA"],
     prune_configs_by={"early_config_prune": _prune},
 )
 @triton.jit
@@ -166,6 +172,7 @@ def _flash_attention_forward(
     HEADS_Q, N_Q, N_KV, QUERIES_PER_KV,
     N_Q_BUCKET, N_KV_BUCKET,  # powers of two, read only by the autotuner's key
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
+    USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # -- which tile is ours: query rows [start_m * BLOCK_M, +BLOCK_M) of (batch, head) ------------------
@@ -188,8 +195,21 @@ def _flash_attention_forward(
     row_ok = (offs_m[:, None] < N_Q) & (offs_d[None, :] < HEAD_DIM)
 
     # -- the query tile stays in registers for the whole walk over the keys ---------------------------
-    q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                mask=row_ok, other=0.0)
+    if USE_TMA:
+        # Hopper: tensor descriptors (TMA) for this (batch, head)'s [n, d] slices. Made on the device, so
+        # any batch/head strides work; the last stride must be 1 (the wrapper checks).
+        q_desc = tl.make_tensor_descriptor(q_base, shape=[N_Q, HEAD_DIM], strides=[stride_qm, 1],
+                                           block_shape=[BLOCK_M, BLOCK_D])
+        k_desc = tl.make_tensor_descriptor(k_base, shape=[N_KV, HEAD_DIM], strides=[stride_kn, 1],
+                                           block_shape=[BLOCK_N, BLOCK_D])
+        v_desc = tl.make_tensor_descriptor(v_base, shape=[N_KV, HEAD_DIM], strides=[stride_vn, 1],
+                                           block_shape=[BLOCK_N, BLOCK_D])
+        q = q_desc.load([start_m * BLOCK_M, 0])
+    else:
+        k_desc = k_base
+        v_desc = v_base
+        q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                    mask=row_ok, other=0.0)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -210,23 +230,47 @@ def _flash_attention_forward(
         unmasked_end = 0  # an arbitrary (padding) mask can hide any key: every block is checked
 
     acc, l_i, m_i = _attend_kv_range(
-        acc, l_i, m_i, q, k_base, v_base, mask_base,
+        acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, mask_base,
         stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn,
         offs_m, offs_n, offs_d, 0, unmasked_end, diagonal, N_Q, N_KV, qk_scale,
-        HEAD_DIM, CAUSAL, HAS_MASK, False, BLOCK_N, BLOCK_D,
+        HEAD_DIM, CAUSAL, HAS_MASK, False, BLOCK_N, BLOCK_D, USE_TMA, WARP_SPECIALIZE,
     )
     acc, l_i, m_i = _attend_kv_range(
-        acc, l_i, m_i, q, k_base, v_base, mask_base,
+        acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, mask_base,
         stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn,
         offs_m, offs_n, offs_d, unmasked_end, end, diagonal, N_Q, N_KV, qk_scale,
-        HEAD_DIM, CAUSAL, HAS_MASK, True, BLOCK_N, BLOCK_D,
+        HEAD_DIM, CAUSAL, HAS_MASK, True, BLOCK_N, BLOCK_D, USE_TMA, False,
     )
 
     # -- normalize once at the end; a row that saw no key at all (l = 0) outputs zeros, not NaN ---------
     l_i = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_i[:, None]
-    tl.store(o_base + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
-             out.to(Out.dtype.element_ty), mask=row_ok)
+    if USE_TMA:
+        o_desc = tl.make_tensor_descriptor(o_base, shape=[N_Q, HEAD_DIM], strides=[stride_om, 1],
+                                           block_shape=[BLOCK_M, BLOCK_D])
+        o_desc.store([start_m * BLOCK_M, 0], out.to(Out.dtype.element_ty))  # clipped to [N_Q, HEAD_DIM]
+    else:
+        tl.store(o_base + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
+                 out.to(Out.dtype.element_ty), mask=row_ok)
+
+
+def _tma_allocator(size: int, alignment: int, stream) -> torch.Tensor:
+    # Device-side tensor descriptors live in a small global scratch buffer that Triton asks us for.
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def _can_use_tma(*tensors: torch.Tensor) -> bool:
+    """TMA needs Hopper or newer, a unit last stride, and 16-byte aligned rows and base addresses."""
+    if _interpreting() or os.environ.get("RUVON_FLASH_TMA", "1") == "0" or not tensors[0].is_cuda:
+        return False
+    if torch.cuda.get_device_capability(tensors[0].device)[0] < 9:
+        return False
+    for t in tensors:
+        size = t.element_size()
+        if t.stride(-1) != 1 or any((s * size) % 16 for s in t.stride()[:-1]) or t.data_ptr() % 16:
+            return False
+    triton.set_allocator(_tma_allocator)
+    return True
 
 
 def _bucket(n: int) -> int:
@@ -279,6 +323,8 @@ def flash_attention_triton(
     if n_q == 0 or n_kv == 0:
         return out.zero_()
 
+    use_tma = _can_use_tma(q, k, v, out)
+
     def grid(meta):
         return (triton.cdiv(n_q, meta["BLOCK_M"]), batch * heads_q)
 
@@ -294,6 +340,7 @@ def flash_attention_triton(
         heads_q, n_q, n_kv, heads_q // heads_kv,
         _bucket(n_q), _bucket(n_kv),
         HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), CAUSAL=bool(causal), HAS_MASK=mask is not None,
+        USE_TMA=use_tma, WARP_SPECIALIZE=use_tma and os.environ.get("RUVON_FLASH_WS") == "1",
         **tile,
     )
     return out
