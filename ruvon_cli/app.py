@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shlex
 import sys
 from typing import Annotated, Optional
 
@@ -70,7 +71,7 @@ def friendly(fn):
 
 
 def _command_line() -> str:
-    return "cli.py " + " ".join(sys.argv[1:])
+    return shlex.join(["cli.py", *sys.argv[1:]])
 
 
 @generate_app.callback()

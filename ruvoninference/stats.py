@@ -66,3 +66,8 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
         return torch.cuda.max_memory_allocated(device), "cuda_allocated"
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return (rss if sys.platform == "darwin" else rss * 1024), "process_rss"
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether a failure was the device running out of memory (benchmarks report it as an OOM row)."""
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()

@@ -23,6 +23,7 @@ import torch
 from ruvoninference.attention import AttentionImplementation, LoadedModel, load_model_with_attention
 from ruvoninference.errors import RuvonError
 from ruvoninference.models import ProgressCallback
+from ruvoninference.stats import is_out_of_memory
 
 
 @dataclass
@@ -108,9 +109,6 @@ def measure_prefill(loaded: LoadedModel, input_ids: list[int], repeats: int = 3,
     return statistics.median(times), peak
 
 
-def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
 
 class AttentionBenchmark:
     """Prefill time and peak memory against sequence length, for one model on one device."""
@@ -151,7 +149,7 @@ class AttentionBenchmark:
                 seconds, peak = measure_prefill(loaded, ids, repeats=self.repeats)
                 rows.append(ScalingRow(str(loaded.implementation), n, seconds, n / seconds, peak, "ok"))
             except (RuntimeError, torch.OutOfMemoryError) as exc:
-                if not _is_oom(exc):
+                if not is_out_of_memory(exc):
                     raise
                 if loaded.device.type == "cuda":
                     torch.cuda.empty_cache()

@@ -17,14 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
 
+from ruvoninference.stats import is_out_of_memory
 from ruvoninference.environment import describe
-from ruvoninference.kernels.flash_attention import flash_attention_triton
+from ruvoninference.kernels.flash_attention import flash_attention_triton, tma_requested
 
 DEFAULT_SEQ_LENS = [1024, 2048, 4096, 8192, 16384, 32768, 65536]
 DEFAULT_HEAD_DIMS = [64, 128]
@@ -133,9 +133,6 @@ def _inputs(provider: str, batch: int, heads: int, seq_len: int, head_dim: int, 
     return [torch.randn(shape, device="cuda", dtype=dtype, generator=gen) for _ in range(3)]
 
 
-def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
 
 def _spot_check(fn: Callable, provider: str, head_dim: int, causal: bool, dtype) -> float:
     """Relative error against float64 on a small slice: a fast kernel must still be right on this device."""
@@ -172,8 +169,7 @@ def run_benchmark(
             "dtype": str(dtype).removeprefix("torch."), "tokens_per_batch": TOKENS_PER_BATCH,
             "hidden": HIDDEN, "providers": names, "timing": "triton.testing.do_bench median, ms",
             "memory_batch": 1,
-            "triton_tma": os.environ.get("RUVON_FLASH_TMA", "1") != "0",
-            "triton_warp_specialize": os.environ.get("RUVON_FLASH_WS") == "1",
+            "triton_tma": tma_requested(),
         },
         unavailable=unavailable,
     )
@@ -197,7 +193,7 @@ def run_benchmark(
                 if name == "triton":
                     row.config = _chosen_tile()
             except Exception as exc:  # a provider's failure is a row, not the end of the run
-                row.status = "OOM" if _is_oom(exc) else f"error: {type(exc).__name__}: {str(exc)[:160]}"
+                row.status = "OOM" if is_out_of_memory(exc) else f"error: {type(exc).__name__}: {str(exc)[:160]}"
             finally:
                 q = k = v = None
                 torch.cuda.empty_cache()
@@ -230,7 +226,7 @@ def _memory_row(name, fn, seq_len, heads, head_dim, causal, dtype) -> MemoryRow:
         row.peak_extra_bytes = torch.cuda.max_memory_allocated() - before
         del out
     except Exception as exc:
-        row.status = "OOM" if _is_oom(exc) else f"error: {type(exc).__name__}"
+        row.status = "OOM" if is_out_of_memory(exc) else f"error: {type(exc).__name__}"
     finally:
         q = k = v = None
         torch.cuda.empty_cache()

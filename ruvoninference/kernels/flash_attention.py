@@ -29,6 +29,13 @@ attending to a KV cache) the queries are the last n_q positions, as in decoding.
 
 Shapes: q [batch, heads_q, n_q, d], k and v [batch, heads_kv, n_kv, d], any strides whose last one is 1 for
 fast loads (others are correct, just slower).
+
+What we measured on an H200 (Triton 3.6; docs/benchmarks/kernel-notes.md has the numbers): block sizes and
+pipelining depth are autotuned per shape; launching causal tiles bottom-first gained 3-6%; loading through
+tensor descriptors (TMA, `RUVON_FLASH_TMA=1`) was 2-10% slower than plain pointer loads, which Triton already
+turns into asynchronous copies; a lazy rescale of the accumulator (skip it unless the maximum grew by 2^8)
+was 8-15% slower; Triton's warp specialization failed to compile this kernel for Hopper. So the kernel keeps
+pointer loads, and TMA stays as an option for readers to measure.
 """
 
 from __future__ import annotations
@@ -69,7 +76,7 @@ def all_configs() -> list[triton.Config]:
     # in flight while the current one is being multiplied.
     for bm, bn, warps, stages in [
         (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3),
-        (64, 64, 4, 3), (64, 64, 4, 4), (128, 32, 4, 3), (64, 32, 4, 2),
+        (64, 64, 4, 3), (64, 64, 4, 4), (128, 32, 4, 3), (64, 32, 4, 2), (128, 64, 8, 4),
     ]:
         configs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages))
     # Decode-sized n_q (one or a few new tokens): a 16-row tile wastes less work than a 128-row one.
@@ -101,10 +108,10 @@ def _attend_kv_range(
     offs_m, offs_n, offs_d,
     lo, hi, diagonal, N_Q, N_KV, qk_scale,
     HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, MASKED: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, USE_TMA: tl.constexpr,
 ):
     """Fold key/value blocks [lo, hi) into the running (acc, l, m) of one query tile."""
-    for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
+    for start_n in range(lo, hi, BLOCK_N):  # Triton pipelines this loop: num_stages K/V tiles in flight
         start_n = tl.multiple_of(start_n, BLOCK_N)
         cols = start_n + offs_n  # [BLOCK_N] key positions
         # K is loaded transposed, [d, BLOCK_N], so Q K^T is a plain [BLOCK_M, d] x [d, BLOCK_N] product.
@@ -172,11 +179,15 @@ def _flash_attention_forward(
     HEADS_Q, N_Q, N_KV, QUERIES_PER_KV,
     N_Q_BUCKET, N_KV_BUCKET,  # powers of two, read only by the autotuner's key
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
-    USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
+    USE_TMA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # -- which tile is ours: query rows [start_m * BLOCK_M, +BLOCK_M) of (batch, head) ------------------
     start_m = tl.program_id(0)
+    if CAUSAL:
+        # Causal tiles near the bottom do the most work: launch them first, so the last wave of the grid
+        # is made of short tiles instead of leaving most SMs idle behind one long one (+3-6% measured).
+        start_m = tl.num_programs(0) - 1 - start_m
     batch_head = tl.program_id(1)
     batch = batch_head // HEADS_Q
     head = batch_head % HEADS_Q
@@ -233,13 +244,13 @@ def _flash_attention_forward(
         acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, mask_base,
         stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn,
         offs_m, offs_n, offs_d, 0, unmasked_end, diagonal, N_Q, N_KV, qk_scale,
-        HEAD_DIM, CAUSAL, HAS_MASK, False, BLOCK_N, BLOCK_D, USE_TMA, WARP_SPECIALIZE,
+        HEAD_DIM, CAUSAL, HAS_MASK, False, BLOCK_N, BLOCK_D, USE_TMA,
     )
     acc, l_i, m_i = _attend_kv_range(
         acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, mask_base,
         stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn,
         offs_m, offs_n, offs_d, unmasked_end, end, diagonal, N_Q, N_KV, qk_scale,
-        HEAD_DIM, CAUSAL, HAS_MASK, True, BLOCK_N, BLOCK_D, USE_TMA, False,
+        HEAD_DIM, CAUSAL, HAS_MASK, True, BLOCK_N, BLOCK_D, USE_TMA,
     )
 
     # -- normalize once at the end; a row that saw no key at all (l = 0) outputs zeros, not NaN ---------
@@ -259,9 +270,14 @@ def _tma_allocator(size: int, alignment: int, stream) -> torch.Tensor:
     return torch.empty(size, dtype=torch.int8, device="cuda")
 
 
+def tma_requested() -> bool:
+    """`RUVON_FLASH_TMA=1` opts into tensor-descriptor (TMA) loads; measured slower here, see the module notes."""
+    return os.environ.get("RUVON_FLASH_TMA", "0") == "1"
+
+
 def _can_use_tma(*tensors: torch.Tensor) -> bool:
     """TMA needs Hopper or newer, a unit last stride, and 16-byte aligned rows and base addresses."""
-    if _interpreting() or os.environ.get("RUVON_FLASH_TMA", "1") == "0" or not tensors[0].is_cuda:
+    if _interpreting() or not tma_requested() or not tensors[0].is_cuda:
         return False
     if torch.cuda.get_device_capability(tensors[0].device)[0] < 9:
         return False
@@ -340,7 +356,7 @@ def flash_attention_triton(
         heads_q, n_q, n_kv, heads_q // heads_kv,
         _bucket(n_q), _bucket(n_kv),
         HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), CAUSAL=bool(causal), HAS_MASK=mask is not None,
-        USE_TMA=use_tma, WARP_SPECIALIZE=use_tma and os.environ.get("RUVON_FLASH_WS") == "1",
+        USE_TMA=use_tma,
         **tile,
     )
     return out
