@@ -267,7 +267,8 @@ def flash(
                                   "are left out.[/yellow]")
                 rows += [r.to_dict() for r in bench.sequence_length_scaling(impl, text, usable, loaded=loaded)]
                 del loaded
-        label = "peak CUDA memory above the weights" if dev.type == "cuda" else "peak RSS growth (sampled)"
+        label = ("peak CUDA memory above the weights" if dev.type == "cuda"
+                 else "peak PyTorch CPU allocations above the weights (profiler)")
         console.print(render.scaling_table(rows, label))
         data["memory_scaling"] = {"rows": rows, "memory": label, "lengths": lengths}
     render.write_json(json_path, data)

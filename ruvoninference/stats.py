@@ -7,8 +7,11 @@ performance, so every run splits them.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import resource
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -71,3 +74,37 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether a failure was the device running out of memory (benchmarks report it as an OOM row)."""
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """The profiler's C++ side logs start/stop lines straight to file descriptor 2; hide them."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def cpu_peak_allocated(fn: Callable[[], object]) -> int:
+    """Peak bytes of live PyTorch CPU tensors while `fn` runs, above what was live before it.
+
+    The CPU has no resettable allocator peak like CUDA's, and the process's resident memory keeps freed
+    pages, so we replay the allocator's own events: PyTorch's profiler records each operator's allocations
+    and each free, in order; a running sum gives the live bytes and its maximum the peak (at operator
+    granularity: a temporary allocated and freed inside one operator is not seen).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    live = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        live += event.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak

@@ -6,24 +6,21 @@ repeated up to n) and measures its time and the peak memory it needed above what
 fused kernels (SDPA's flash path, FlashAttention-2, ours) keep it linear in n.
 
 On CUDA, time is taken with CUDA events and the peak from the caching allocator; on a CPU, time with a host
-clock and the peak by sampling the process's resident memory during the pass (the CPU has no resettable
-allocator peak), labelled as such.
+clock and the peak from PyTorch's profiler, replaying its allocation and free events (`stats.cpu_peak_allocated`).
 """
 
 from __future__ import annotations
 
 import statistics
-import threading
 import time
 from dataclasses import asdict, dataclass
 
-import psutil
 import torch
 
 from ruvoninference.attention import AttentionImplementation, LoadedModel, load_model_with_attention
 from ruvoninference.errors import RuvonError
 from ruvoninference.models import ProgressCallback
-from ruvoninference.stats import is_out_of_memory
+from ruvoninference.stats import cpu_peak_allocated, is_out_of_memory
 
 
 @dataclass
@@ -45,34 +42,6 @@ def tokens_of_length(tokenizer, prompt: str, length: int) -> list[int]:
     if not ids:
         raise RuvonError("The prompt is empty; give some text to repeat up to each sequence length.")
     return (ids * (length // len(ids) + 1))[:length]
-
-
-class _RssSampler:
-    """Polls the process's resident memory in a thread; the CPU stand-in for a peak-memory counter."""
-
-    def __init__(self, interval_s: float = 0.002):
-        self.interval_s, self.peak, self._stop = interval_s, 0, threading.Event()
-        self._process = psutil.Process()
-
-    def __enter__(self):
-        self.base = self.peak = self._process.memory_info().rss
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._process.memory_info().rss)
-            time.sleep(self.interval_s)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._process.memory_info().rss)
-
-    @property
-    def extra(self) -> int:
-        return self.peak - self.base
 
 
 @torch.inference_mode()
@@ -101,11 +70,11 @@ def measure_prefill(loaded: LoadedModel, input_ids: list[int], repeats: int = 3,
             times.append(start.elapsed_time(end) / 1000)
             peak = max(peak, torch.cuda.max_memory_allocated(device) - before)
         else:
-            with _RssSampler() as sampler:
-                t0 = time.perf_counter()
-                once()
-                times.append(time.perf_counter() - t0)
-            peak = max(peak, sampler.extra)
+            t0 = time.perf_counter()
+            once()
+            times.append(time.perf_counter() - t0)
+    if device.type == "cpu":
+        peak = cpu_peak_allocated(once)  # one more pass, profiled, not timed
     return statistics.median(times), peak
 
 

@@ -31,10 +31,11 @@ Shapes: q [batch, heads_q, n_q, d], k and v [batch, heads_kv, n_kv, d], any stri
 fast loads (others are correct, just slower).
 
 What we measured on an H200 (Triton 3.6; docs/benchmarks/kernel-notes.md has the numbers): block sizes and
-pipelining depth are autotuned per shape; launching causal tiles bottom-first gained 3-6%; loading through
-tensor descriptors (TMA, `RUVON_FLASH_TMA=1`) was 2-10% slower than plain pointer loads, which Triton already
-turns into asynchronous copies; a lazy rescale of the accumulator (skip it unless the maximum grew by 2^8)
-was 8-15% slower; Triton's warp specialization failed to compile this kernel for Hopper. So the kernel keeps
+pipelining depth are autotuned per shape; launching causal tiles bottom-first gained up to 6%; loading
+through tensor descriptors (TMA, `RUVON_FLASH_TMA=1`) was up to 19% slower than plain pointer loads (which
+Triton already turns into asynchronous copies) and never faster; a lazy rescale of the accumulator (skip it
+unless the maximum grew by 2^8) was 6-12% slower; Triton's warp specialization failed to compile this kernel
+for Hopper. So the kernel keeps
 pointer loads, and TMA stays as an option for readers to measure.
 """
 
@@ -186,7 +187,7 @@ def _flash_attention_forward(
     start_m = tl.program_id(0)
     if CAUSAL:
         # Causal tiles near the bottom do the most work: launch them first, so the last wave of the grid
-        # is made of short tiles instead of leaving most SMs idle behind one long one (+3-6% measured).
+        # is made of short tiles instead of leaving most SMs idle behind one long one (up to +6% measured).
         start_m = tl.num_programs(0) - 1 - start_m
     batch_head = tl.program_id(1)
     batch = batch_head // HEADS_Q
