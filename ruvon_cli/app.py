@@ -249,6 +249,8 @@ def flash(
     if AttentionImplementation.FLASH_ATTENTION_2.value in skipped:
         console.print(f"[yellow]FlashAttention-2 is not run: {skipped['flash_attention_2']}.[/yellow] "
                       "Comparing what runs here.")
+    for line in render.skipped_lines({k: v for k, v in skipped.items() if k != "flash_attention_2"}):
+        console.print(line)
     data = _run_benchmark(model, text, max_length, str(dev), dtype, 1, repeats, None, [str(c) for c in chosen],
                           True, None, None)
     data["skipped"] = skipped
