@@ -78,6 +78,17 @@ class KernelReport:
         }
 
 
+def report_from_dict(data: dict) -> KernelReport:
+    """A saved report (the --json output) back as objects, to render it again."""
+    return KernelReport(
+        environment=data["environment"],
+        config=data["config"],
+        rows=[KernelRow(**r) for r in data["rows"]],
+        memory=[MemoryRow(**m) for m in data["memory"]],
+        unavailable=data.get("unavailable", {}),
+    )
+
+
 def flops(batch: int, heads: int, seq_len: int, head_dim: int, causal: bool) -> float:
     total = 4.0 * batch * heads * seq_len * seq_len * head_dim
     return total / 2 if causal else total
@@ -284,6 +295,18 @@ def to_markdown(report: KernelReport, command: str) -> str:
             f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(values)
             + f" | {_fmt(ratio['vs_flash_attn'], '.2f')} | {_fmt(ratio['vs_sdpa_cudnn'], '.2f')} |"
         )
+    lines += ["", "## Milliseconds per call (median)", ""]
+    lines.append("| head_dim | causal | seq_len | batch | heads | " + " | ".join(providers) + " | our tile |")
+    lines.append("|" + "---|" * (len(providers) + 6))
+    for key, cell in cells.items():
+        first = next(iter(cell.values()))
+        values = []
+        for p in providers:
+            row = cell.get(p)
+            values.append(_fmt(row.ms, ".3f") if row and row.status == "ok" else (row.status if row else "—"))
+        tile = cell["triton"].config if "triton" in cell and cell["triton"].config else "—"
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {first.batch} | {first.heads} | "
+                     + " | ".join(values) + f" | {tile} |")
     lines += ["", "## Peak extra memory of one call, batch 1 (MiB; output included)", ""]
     lines.append("| head_dim | causal | seq_len | " + " | ".join(providers) + " |")
     lines.append("|" + "---|" * (len(providers) + 3))
@@ -339,11 +362,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", dest="json_path")
     parser.add_argument("--markdown")
     parser.add_argument("--plot")
+    parser.add_argument("--render", metavar="JSON", help="Render a saved --json report instead of measuring.")
     args = parser.parse_args(argv)
-    report = run_benchmark(args.seq_lens, args.head_dims)
-    command = "python -m ruvoninference.kernels.flash_attention " + " ".join(argv)
+    if args.render:
+        with open(args.render) as f:
+            saved = json.load(f)
+        report = report_from_dict(saved)
+        command = saved.get("command", "(not recorded)")
+    else:
+        report = run_benchmark(args.seq_lens, args.head_dims)
+        command = "python -m ruvoninference.kernels.flash_attention " + " ".join(argv)
     print(to_markdown(report, command.strip()))
-    if args.json_path:
+    if args.json_path and not args.render:
         with open(args.json_path, "w") as f:
             json.dump(report.to_dict(), f, indent=2)
     if args.markdown:
