@@ -10,8 +10,9 @@ import subprocess
 import sys
 
 VARIANTS = {
-    "pointer loads (default)": {},
+    "base": {},
     "tma": {"RUVON_FLASH_TMA": "1"},
+    "pipelined_qk": {"RUVON_FLASH_PIPELINE": "1"},
 }
 
 if len(sys.argv) > 1 and sys.argv[1] == "--child":
@@ -27,6 +28,7 @@ if len(sys.argv) > 1 and sys.argv[1] == "--child":
                           "ratio": round((ours.tflops or 0) / cudnn.tflops, 3), "err": ours.rel_err_vs_fp64_sample,
                           "tile": ours.config, "status": ours.status}))
 else:
-    for name, env in VARIANTS.items():
+    chosen = sys.argv[1:] or list(VARIANTS)  # variant names, default all
+    for name, env in ((n, VARIANTS[n]) for n in chosen):
         print(f"== {name}", flush=True)
         subprocess.run([sys.executable, __file__, "--child"], env={**os.environ, **env}, check=False)
