@@ -12,7 +12,6 @@ import sys
 VARIANTS = {
     "base": {},
     "tma": {"RUVON_FLASH_TMA": "1"},
-    "pipelined_qk": {"RUVON_FLASH_PIPELINE": "1"},
 }
 
 if len(sys.argv) > 1 and sys.argv[1] == "--child":

@@ -34,8 +34,8 @@ What we measured on an H200 (Triton 3.6; docs/benchmarks/kernel-notes.md has the
 pipelining depth are autotuned per shape; launching causal tiles bottom-first gained up to 6%; loading
 through tensor descriptors (TMA, `RUVON_FLASH_TMA=1`) was up to 19% slower than plain pointer loads (which
 Triton already turns into asynchronous copies) and never faster; a lazy rescale of the accumulator (skip it
-unless the maximum grew by 2^8) was 6-12% slower; Triton's warp specialization failed to compile this kernel
-for Hopper. So the kernel keeps
+unless the maximum grew by 2^8) was 6-12% slower; issuing the next block's Q K^T before this block's softmax
+was 10-13% slower; Triton's warp specialization failed to compile this kernel for Hopper. So the kernel keeps
 pointer loads, and TMA stays as an option for readers to measure.
 """
 
@@ -163,61 +163,9 @@ def _attend_kv_range(
     return acc, l_i, m_i
 
 
-@triton.jit
-def _load(ptrs, mask, USE_MASK: tl.constexpr):
-    if USE_MASK:
-        return tl.load(ptrs, mask=mask, other=0.0)
-    else:
-        return tl.load(ptrs)
-
-
-@triton.jit
-def _online_softmax_block(acc, l_i, m_i, qk, v, qk_scale):
-    """The online-softmax update for one unmasked block of scores qk [BLOCK_M, BLOCK_N] and values v."""
-    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-    p = tl.math.exp2(qk * qk_scale - m_new[:, None])
-    alpha = tl.math.exp2(m_i - m_new)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None]
-    acc = tl.dot(p.to(v.dtype), v, acc)
-    return acc, l_i, m_new
-
-
-@triton.jit
-def _attend_unmasked_pipelined(
-    acc, l_i, m_i, q, k_base, v_base,
-    stride_kn, stride_kd, stride_vn, stride_vd, offs_n, offs_d, lo, hi, qk_scale,
-    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-):
-    """The unmasked loop with Q K^T of block j+1 issued before the softmax of block j.
-
-    On Hopper a tensor-core product runs asynchronously until its result is needed, so issuing the next
-    block's scores first gives the exponentials of this block something to overlap with.
-    """
-    PAD_D: tl.constexpr = BLOCK_D != HEAD_DIM
-    d_ok = offs_d < HEAD_DIM
-    if hi > lo:
-        cols = lo + offs_n
-        k = _load(k_base + cols[None, :] * stride_kn + offs_d[:, None] * stride_kd, d_ok[:, None], PAD_D)
-        qk = tl.dot(q, k)
-        for start_n in range(lo, hi - BLOCK_N, BLOCK_N):
-            start_n = tl.multiple_of(start_n, BLOCK_N)
-            nxt = start_n + BLOCK_N + offs_n
-            k = _load(k_base + nxt[None, :] * stride_kn + offs_d[:, None] * stride_kd, d_ok[:, None], PAD_D)
-            qk_next = tl.dot(q, k)
-            cols = start_n + offs_n
-            v = _load(v_base + cols[:, None] * stride_vn + offs_d[None, :] * stride_vd, d_ok[None, :], PAD_D)
-            acc, l_i, m_i = _online_softmax_block(acc, l_i, m_i, qk, v, qk_scale)
-            qk = qk_next
-        cols = hi - BLOCK_N + offs_n
-        v = _load(v_base + cols[:, None] * stride_vn + offs_d[None, :] * stride_vd, d_ok[None, :], PAD_D)
-        acc, l_i, m_i = _online_softmax_block(acc, l_i, m_i, qk, v, qk_scale)
-    return acc, l_i, m_i
-
-
 @triton.autotune(
     configs=_configs(),
-    key=["N_Q_BUCKET", "N_KV_BUCKET", "HEAD_DIM", "CAUSAL", "HAS_MASK", "USE_TMA", "PIPELINE"],
+    key=["N_Q_BUCKET", "N_KV_BUCKET", "HEAD_DIM", "CAUSAL", "HAS_MASK", "USE_TMA"],
     prune_configs_by={"early_config_prune": _prune},
 )
 @triton.jit
@@ -232,7 +180,7 @@ def _flash_attention_forward(
     HEADS_Q, N_Q, N_KV, QUERIES_PER_KV,
     N_Q_BUCKET, N_KV_BUCKET,  # powers of two, read only by the autotuner's key
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
-    USE_TMA: tl.constexpr, PIPELINE: tl.constexpr,
+    USE_TMA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # -- which tile is ours: query rows [start_m * BLOCK_M, +BLOCK_M) of (batch, head) ------------------
@@ -293,18 +241,12 @@ def _flash_attention_forward(
     if HAS_MASK:
         unmasked_end = 0  # an arbitrary (padding) mask can hide any key: every block is checked
 
-    if PIPELINE and not USE_TMA:
-        acc, l_i, m_i = _attend_unmasked_pipelined(
-            acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-            offs_n, offs_d, 0, unmasked_end, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_D,
-        )
-    else:
-        acc, l_i, m_i = _attend_kv_range(
-            acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, mask_base,
-            stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn,
-            offs_m, offs_n, offs_d, 0, unmasked_end, diagonal, N_Q, N_KV, qk_scale,
-            HEAD_DIM, CAUSAL, HAS_MASK, False, BLOCK_N, BLOCK_D, USE_TMA,
-        )
+    acc, l_i, m_i = _attend_kv_range(
+        acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, mask_base,
+        stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn,
+        offs_m, offs_n, offs_d, 0, unmasked_end, diagonal, N_Q, N_KV, qk_scale,
+        HEAD_DIM, CAUSAL, HAS_MASK, False, BLOCK_N, BLOCK_D, USE_TMA,
+    )
     acc, l_i, m_i = _attend_kv_range(
         acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, mask_base,
         stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn,
@@ -415,7 +357,7 @@ def flash_attention_triton(
         heads_q, n_q, n_kv, heads_q // heads_kv,
         _bucket(n_q), _bucket(n_kv),
         HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), CAUSAL=bool(causal), HAS_MASK=mask is not None,
-        USE_TMA=use_tma, PIPELINE=os.environ.get("RUVON_FLASH_PIPELINE", "0") == "1",
+        USE_TMA=use_tma,
         **tile,
     )
     return out
