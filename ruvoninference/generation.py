@@ -59,10 +59,24 @@ class Sequence:
     logprobs: list[float] = field(default_factory=list)
     text: str = ""
     finish_reason: str | None = None  # "eos", "length" or "stop"
+    # Incremental detokenization: token_ids[_prefix:_read] were already turned into text; they are decoded
+    # again only as context for the new tokens, so each step decodes a few tokens, not the whole output.
+    _prefix: int = 0
+    _read: int = 0
 
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+    def _new_text(self, tokenizer) -> str:
+        """Text added by the tokens after _read, or "" while they end inside a multi-byte character."""
+        done = tokenizer.decode(self.token_ids[self._prefix:self._read], skip_special_tokens=True)
+        upto = tokenizer.decode(self.token_ids[self._prefix:], skip_special_tokens=True)
+        last = len(self.token_ids) >= self.stop.max_new_tokens
+        if upto.endswith("\ufffd") and not last:  # a character still incomplete: hold it back
+            return ""
+        self._prefix, self._read = self._read, len(self.token_ids)
+        return upto[len(done):]
 
     def append(self, token: int, logprob: float, tokenizer) -> str:
         """Record one token, update the text, apply the stop rule; return the text it added."""
@@ -71,13 +85,9 @@ class Sequence:
         if token in self.stop.eos_token_ids:
             self.finish_reason = "eos"
             return ""
-        # Decoding the whole continuation each time is simple and right for multi-token characters; a
-        # replacement character at the end means a character is still incomplete, so hold it back.
-        full = tokenizer.decode(self.token_ids, skip_special_tokens=True)
-        if full.endswith("\ufffd") and len(self.token_ids) < self.stop.max_new_tokens:
-            return ""
+        full = self.text + self._new_text(tokenizer)
         for stop in self.stop.stop_strings:
-            cut = full.find(stop, max(0, len(self.text) - len(stop)))
+            cut = full.find(stop, max(0, len(self.text) - len(stop) + 1))
             if cut != -1:
                 full, self.finish_reason = full[:cut], "stop"
                 break

@@ -37,8 +37,23 @@ def test_streaming_callback_rebuilds_the_text(smollm2_sdpa):
     result = generate(smollm2_sdpa, PROMPTS[0], max_new_tokens=12, on_token=lambda i, t, s: pieces.append((i, t, s)))
     seq = result.sequences[0]
     assert "".join(p for _, _, p in pieces) == seq.text
+    assert seq.text == smollm2_sdpa.tokenizer.decode(seq.token_ids, skip_special_tokens=True)
     assert [t for _, t, _ in pieces] == seq.token_ids
     assert len(seq.logprobs) == len(seq.token_ids) and all(lp <= 0 for lp in seq.logprobs)
+
+
+@pytest.mark.parametrize("fixture", ["gpt2_sdpa", "smollm2_sdpa"])
+def test_incremental_detokenization_handles_multibyte_characters(fixture, request):
+    """Characters split across byte-level tokens are held back until complete, then emitted once."""
+    from ruvoninference.generation import Sequence, StopRule
+
+    tokenizer = request.getfixturevalue(fixture).tokenizer
+    text = " héllo 🙂 wörld, naïve 日本語 ok"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    seq = Sequence([1], SamplingParams(), StopRule(len(ids)), slot=0)
+    pieces = [seq.append(t, 0.0, tokenizer) for t in ids]
+    assert "".join(pieces) == seq.text == tokenizer.decode(ids) and seq.finish_reason == "length"
+    assert not any("\ufffd" in p for p in pieces)
 
 
 def test_stop_string_truncates_and_stops(smollm2_sdpa):

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from ruvoninference.kernels.flash_attention import flash_attention_triton
+
 NAME = "triton"
 
 
@@ -26,8 +28,6 @@ def triton_attention_forward(
     is_causal: bool | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    from ruvoninference.kernels.flash_attention import flash_attention_triton
-
     if dropout:
         raise ValueError("the triton attention backend is for inference and supports no dropout")
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)

@@ -264,6 +264,18 @@ def _fmt(value: float | None, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
+def _provider_values(cell: dict, providers: list[str], value: Callable, spec: str) -> list[str]:
+    """One table row's cells: the measured value, or the status (OOM, error) where there is none."""
+    values = []
+    for p in providers:
+        row = cell.get(p)
+        if row is None:
+            values.append("—")
+        else:
+            values.append(_fmt(value(row), spec) if row.status == "ok" else row.status)
+    return values
+
+
 def to_markdown(report: KernelReport, command: str) -> str:
     env = report.environment
     lines = [
@@ -286,10 +298,7 @@ def to_markdown(report: KernelReport, command: str) -> str:
     for r in report.rows:
         cells.setdefault((r.head_dim, r.causal, r.seq_len), {})[r.provider] = r
     for key, cell in cells.items():
-        values = []
-        for p in providers:
-            row = cell.get(p)
-            values.append(_fmt(row.tflops, ".0f") if row and row.status == "ok" else (row.status if row else "—"))
+        values = _provider_values(cell, providers, lambda r: r.tflops, ".0f")
         ratio = ratio_by_cell[key]
         lines.append(
             f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(values)
@@ -300,10 +309,7 @@ def to_markdown(report: KernelReport, command: str) -> str:
     lines.append("|" + "---|" * (len(providers) + 6))
     for key, cell in cells.items():
         first = next(iter(cell.values()))
-        values = []
-        for p in providers:
-            row = cell.get(p)
-            values.append(_fmt(row.ms, ".3f") if row and row.status == "ok" else (row.status if row else "—"))
+        values = _provider_values(cell, providers, lambda r: r.ms, ".3f")
         tile = cell["triton"].config if "triton" in cell and cell["triton"].config else "—"
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {first.batch} | {first.heads} | "
                      + " | ".join(values) + f" | {tile} |")
@@ -314,13 +320,7 @@ def to_markdown(report: KernelReport, command: str) -> str:
     for m in report.memory:
         mem.setdefault((m.head_dim, m.causal, m.seq_len), {})[m.provider] = m
     for key, cell in mem.items():
-        values = []
-        for p in providers:
-            m = cell.get(p)
-            if m is None:
-                values.append("—")
-            else:
-                values.append(_fmt(m.peak_extra_bytes / 2**20, ".0f") if m.status == "ok" else m.status)
+        values = _provider_values(cell, providers, lambda m: m.peak_extra_bytes / 2**20, ".0f")
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(values) + " |")
     if report.unavailable:
         lines += ["", "Not measured: " + "; ".join(f"{k}: {v}" for k, v in report.unavailable.items())]
