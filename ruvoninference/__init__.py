@@ -2,7 +2,7 @@
 
 Modules, in the order the articles introduce them:
 
-- `models`: where weights and tokenizers come from (the embedded SmolLM2 GGUF, random-weight GPT-2, the Hub).
+- `weights`: where weights and tokenizers come from (the embedded SmolLM2 GGUF, random-weight GPT-2, the Hub).
 - `attention`: the attention backends (eager, SDPA, FlashAttention-2, our Triton kernel) and model loading.
 - `kernels.flash_attention`: the Triton FlashAttention kernel itself.
 - `kv_cache`: the key/value cache and what it costs in memory.

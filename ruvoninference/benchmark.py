@@ -29,7 +29,7 @@ from ruvoninference.attention import (
 )
 from ruvoninference.environment import describe
 from ruvoninference.generation import encode_prompts, generate
-from ruvoninference.models import ProgressCallback
+from ruvoninference.weights import ProgressCallback
 from ruvoninference.stats import peak_memory, reset_peak_memory
 
 HF_BASELINE = "hf_generate"

@@ -19,7 +19,7 @@ from enum import Enum
 import torch
 
 from ruvoninference.errors import RuvonError
-from ruvoninference.models import DEFAULT_MODEL, EMBEDDED_MODELS, ProgressCallback, context_length, load_pretrained
+from ruvoninference.weights import DEFAULT_MODEL, EMBEDDED_MODELS, ProgressCallback, context_length, load_pretrained
 
 
 class AttentionImplementation(str, Enum):

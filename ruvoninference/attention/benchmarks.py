@@ -19,7 +19,7 @@ import torch
 
 from ruvoninference.attention import AttentionImplementation, LoadedModel, load_model_with_attention
 from ruvoninference.errors import RuvonError
-from ruvoninference.models import ProgressCallback
+from ruvoninference.weights import ProgressCallback
 from ruvoninference.stats import cpu_peak_allocated, is_out_of_memory
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ruvoninference.errors import RuvonError
-from ruvoninference.models import load_pretrained, smollm2_folder, smollm2_gguf_path
+from ruvoninference.weights import load_pretrained, smollm2_folder, smollm2_gguf_path
 
 
 def test_embedded_gguf_is_found_through_package_metadata():

@@ -1,0 +1,64 @@
+"""`flash`: the attention backends compared in generation, and memory as the context grows."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from ruvon_cli import generate_cmd, render
+from ruvon_cli.common import Device, Dtype, JsonPath, MarkdownPath, Model, command_line, friendly, pick_implementations
+from ruvon_cli.render import console, err_console
+
+@friendly
+def flash(
+    text: Annotated[str, typer.Option("--text", "-t", help="The prompt.")] = "Once upon a time",
+    max_length: Annotated[int, typer.Option(help="New tokens per generation run.")] = 100,
+    show_memory: Annotated[bool, typer.Option("--show-memory", help="Also sweep the context length.")] = False,
+    lengths: Annotated[Optional[list[int]], typer.Option("--length", help="Context lengths for --show-memory.")] = None,
+    model: Model = "smollm2-135m",
+    device: Device = None,
+    dtype: Dtype = None,
+    repeats: Annotated[int, typer.Option(help="Timed runs per measurement.")] = 3,
+    json_path: JsonPath = None,
+    markdown_path: MarkdownPath = None,
+) -> None:
+    """Eager vs SDPA vs FlashAttention-2 (and our Triton kernel): speed, and memory as the context grows."""
+    from ruvoninference.attention import AttentionImplementation, resolve_device
+    from ruvoninference.attention.benchmarks import AttentionBenchmark
+    from ruvoninference.benchmark import scaling_markdown, to_markdown
+
+    dev = resolve_device(device)
+    chosen, skipped = pick_implementations(None, str(dev))
+    if AttentionImplementation.FLASH_ATTENTION_2.value in skipped:
+        console.print(f"[yellow]FlashAttention-2 is not run: {skipped['flash_attention_2']}.[/yellow] "
+                      "Comparing what runs here.")
+    for line in render.skipped_lines({k: v for k, v in skipped.items() if k != "flash_attention_2"}):
+        console.print(line)
+    data = generate_cmd.run_benchmark(model, text, max_length, str(dev), dtype, 1, repeats, None, [str(c) for c in chosen],
+                          True, None, None)
+    data["skipped"] = skipped
+    if show_memory:
+        if lengths is None:
+            lengths = [512, 1024, 2048, 4096, 8192] if dev.type == "cuda" else [128, 256, 512, 1024]
+        bench = AttentionBenchmark(model, str(dev), dtype, repeats=repeats)
+        rows = []
+        with render.progress_bar() as progress:
+            bench.progress = progress
+            for impl in chosen:
+                loaded = bench.load(impl)
+                usable = [n for n in lengths if n <= loaded.context_length]
+                if len(usable) < len(lengths):
+                    console.print(f"[yellow]Lengths above {loaded.context_length} (the context of {model}) "
+                                  "are left out.[/yellow]")
+                rows += [r.to_dict() for r in bench.sequence_length_scaling(impl, text, usable, loaded=loaded)]
+                del loaded
+        label = ("peak CUDA memory above the weights" if dev.type == "cuda"
+                 else "peak PyTorch CPU allocations above the weights (profiler)")
+        console.print(render.scaling_table(rows, label))
+        data["memory_scaling"] = {"rows": rows, "memory": label, "lengths": lengths}
+    render.write_json(json_path, data)
+    md = to_markdown(data)
+    if show_memory:
+        md += "\n" + scaling_markdown(data["memory_scaling"])
+    render.write_text(markdown_path, md)
