@@ -25,8 +25,8 @@ def flash(
 ) -> None:
     """Eager vs SDPA vs FlashAttention-2 (and our Triton kernel): speed, and memory as the context grows."""
     from ruvoninference.attention import AttentionImplementation, resolve_device
-    from ruvoninference.attention.benchmarks import AttentionBenchmark
-    from ruvoninference.benchmark import scaling_markdown, to_markdown
+    from ruvoninference.bench.prefill import AttentionBenchmark
+    from ruvoninference.bench.generation import scaling_markdown, to_markdown
 
     dev = resolve_device(device)
     chosen, skipped = pick_implementations(None, str(dev))

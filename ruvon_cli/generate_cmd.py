@@ -97,7 +97,7 @@ def implementations(device: Device = None, dtype: Dtype = None) -> None:
 
 def run_benchmark(model, text, max_tokens, device, dtype, warmup, repeats, baseline, attn, detailed,
                    json_path, markdown_path):
-    from ruvoninference.benchmark import compare_implementations, to_markdown
+    from ruvoninference.bench.generation import compare_implementations, to_markdown
     from ruvoninference.errors import RuvonError
 
     if baseline not in (None, "hf"):

@@ -19,7 +19,7 @@ def kernel_benchmark(
     head_dim: Annotated[Optional[list[int]], typer.Option("--head-dim", help="Head dims (repeatable).")] = None,
 ) -> None:
     """Our Triton FlashAttention vs standard attention, SDPA backends and FlashAttention-2 (GPU)."""
-    from ruvoninference.kernels import benchmark as kb
+    from ruvoninference.bench import kernels as kb
 
     with render.progress_bar() as progress:
         report = kb.run_benchmark(seq_len or kb.DEFAULT_SEQ_LENS, head_dim or kb.DEFAULT_HEAD_DIMS,

@@ -15,7 +15,7 @@ VARIANTS = {
 }
 
 if len(sys.argv) > 1 and sys.argv[1] == "--child":
-    from ruvoninference.kernels.benchmark import run_benchmark
+    from ruvoninference.bench.kernels import run_benchmark
 
     report = run_benchmark([4096, 16384], [64, 128], providers=["sdpa_cudnn", "triton"])
     cells = {}

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from ruvoninference.attention.benchmarks import AttentionBenchmark, tokens_of_length
-from ruvoninference.benchmark import BenchmarkRow, _compare_with_eager
+from ruvoninference.bench.prefill import AttentionBenchmark, tokens_of_length
+from ruvoninference.bench.generation import BenchmarkRow, _compare_with_eager
 from ruvoninference.errors import RuvonError
-from ruvoninference.kernels.benchmark import flops
+from ruvoninference.bench.kernels import flops
 
 
 def test_tokens_of_length_repeats_the_prompt(gpt2_sdpa):
@@ -45,7 +45,7 @@ def test_saved_kernel_report_renders_again():
     import json
     from pathlib import Path
 
-    from ruvoninference.kernels.benchmark import ratios, report_from_dict, to_markdown
+    from ruvoninference.bench.kernels import ratios, report_from_dict, to_markdown
 
     path = Path(__file__).resolve().parents[1] / "docs/benchmarks/h200-kernel/kernel.json"
     report = report_from_dict(json.loads(path.read_text()))

@@ -386,6 +386,6 @@ def reference_attention(
 
 
 if __name__ == "__main__":
-    from ruvoninference.kernels.benchmark import main
+    from ruvoninference.bench.kernels import main
 
     main()
