@@ -1,0 +1,7 @@
+"""Our Triton kernels, each a literate file that holds the kernel and its float64 reference.
+
+- `flash_attention`: FlashAttention forward over contiguous [batch, heads, n, d] tensors (prefill).
+- `paged_attention`: attention over the paged KV cache: split-KV decode and variable-length prefill.
+
+Benchmarks import these (`ruvoninference.bench.kernels`); a kernel module never imports a benchmark.
+"""

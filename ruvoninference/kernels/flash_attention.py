@@ -384,8 +384,3 @@ def reference_attention(
     weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # all-masked rows: 0/0 -> 0
     return weights @ v64
 
-
-if __name__ == "__main__":
-    from ruvoninference.bench.kernels import main
-
-    main()

@@ -1,0 +1,552 @@
+"""Attention over a paged KV cache in Triton: split-KV decode and variable-length prefill, read top to bottom.
+
+A serving engine does not keep each sequence's keys and values in one contiguous tensor. It cuts the cache
+into fixed-size blocks (pages) of `block_size` tokens, `[num_blocks, block_size, heads_kv, d]` (the layout
+flash-attn's paged kernels read), and gives each sequence a block table: token i of sequence b lives in
+page `block_tables[b, i // block_size]`, row `i % block_size`. Pages are handed out and freed one at a time,
+so memory is never reserved for tokens that are not generated, and sequences that share a prompt prefix can
+share its pages. What it costs a kernel is one indirection: before loading a tile of keys, look up which
+page it is in. That is one small integer load per tile (L1-resident, the table row is tiny) and nothing else:
+a page of 16 or more tokens is still read as whole 256-byte rows (d = 128, 16-bit), fully coalesced.
+
+## Decode: one query row per sequence starves the GPU
+
+Decoding generates one token per sequence per step, so each (sequence, head) has ONE query row against the
+whole cache. Attention is then pure streaming: every cached K and V element is read once and used for two
+multiply-adds. The kernel's speed is the memory bandwidth it achieves, and that needs enough loads in
+flight on every one of the GPU's ~132 multiprocessors. A prefill-style grid gives one program per (sequence,
+query head): at batch 1 with 32 heads that is 32 programs for 132 SMs, each walking 8k keys alone. Most of
+the chip idles, and the busy SMs hold too few loads in flight.
+
+Two fixes, both from FlashAttention's "flash-decoding":
+
+- Split the KV sequence. Program (b, kv_head, s) handles only keys [s·len/S, (s+1)·len/S) of sequence b,
+  producing a partial output o_s (normalized over its keys) and the log-sum-exp of its scores, lse_s. A
+  second, tiny kernel merges the S partials exactly: with w_s = exp(lse_s − max lse), the output is
+  Σ w_s o_s / Σ w_s. This is the same online-softmax algebra as inside one program, applied across programs.
+  S is chosen on the host from shapes alone (batch × kv heads against the SM count, capped by the longest
+  sequence the caller allows), never from the lengths on the device: the call does no host sync and can be
+  captured in a CUDA graph, whose replays then see new lengths.
+- Pack grouped-query heads. With GQA, `heads_q / heads_kv` query heads read the same K and V. Giving each its
+  own program reads every K/V tile once per query head. Instead, one program takes all the query heads of a
+  KV head as the rows of its query tile: each K/V tile is loaded once and multiplied against the whole group
+  (tl.dot wants at least 16 rows, so a group of 4 sits in a 16-row tile; the spare rows cost tensor-core
+  time, which is free here, not bytes).
+
+## Prefill over pages
+
+`paged_prefill_attention` is the FlashAttention forward of `flash_attention.py` with two changes: keys and
+values are gathered through the block table, and the queries are packed, `[total_tokens, heads, d]` with
+`cu_seqlens_q` marking where each sequence's chunk starts (no padding). A chunk of n new tokens attends to
+the sequence's whole context of L keys with the causal diagonal aligned bottom-right: query i of the chunk
+sees keys 0 .. L − n + i. That serves chunked prefill and prefix-cache hits with one kernel.
+
+The grid is flat over query tiles. Sequence b's tiles are numbered from `cu_seqlens_q[b] // BLOCK_M + b`:
+a count that never under-allocates (each sequence gets at least ceil(n_b / BLOCK_M) slots) and needs no
+prefix sum over the lengths, so the launch size `total_tokens // BLOCK_M + batch` is known on the host. Each
+program finds its sequence by counting how many of these starts are at or below its own index.
+
+Conventions of both kernels: fp16 or bf16, head_dim 32 to 256, block_size a power of two, GQA by indexing.
+A row with no key (seq_len 0 in decode, or a query that sees nothing) outputs zeros. Prefill writes only the
+rows `cu_seqlens_q` covers; rows past `cu_seqlens_q[-1]` (padding) are left untouched.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from ruvoninference.kernels.flash_attention import LOG2_E, SUPPORTED_HEAD_DIMS, _interpreting, reference_attention
+
+# A split shorter than this spends more on its fixed costs (loading q, writing a partial, merging it) than on
+# streaming keys: 256 tokens of d = 128 K and V are 128 KiB against 2 KiB of partial output for a GQA group of 4.
+MIN_TOKENS_PER_SPLIT = 256
+MAX_SPLITS = 64  # the merge kernel holds [splits, d] fp32 partials in registers
+PROGRAMS_PER_SM = 4  # enough resident programs to hide the latency of the next tile's loads
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One launch configuration. `block_m` is the query rows per program (prefill only)."""
+
+    block_n: int
+    num_warps: int
+    num_stages: int
+    block_m: int = 16
+
+    def describe(self) -> str:
+        return f"BLOCK_M={self.block_m} BLOCK_N={self.block_n} warps={self.num_warps} stages={self.num_stages}"
+
+
+def decode_tile(head_dim: int) -> Tile:
+    """The decode kernel's tile: 64 keys per step (32 at d = 256 to fit shared memory), 4 warps, 2 in flight."""
+    if _interpreting():
+        return Tile(block_n=16, num_warps=4, num_stages=1)
+    return Tile(block_n=32 if head_dim > 128 else 64, num_warps=4, num_stages=2)
+
+
+def prefill_tile(head_dim: int, avg_query_len: float) -> Tile:
+    """The prefill kernel's tile: the contiguous kernel's usual autotuned choice (128 x 64, 8 warps, 3 stages)."""
+    if _interpreting():
+        return Tile(block_m=16, block_n=16, num_warps=4, num_stages=1)
+    if avg_query_len <= 16:  # decode-like chunks: a 128-row tile would be mostly padding
+        return Tile(block_m=16, block_n=64, num_warps=4, num_stages=3)
+    if head_dim > 128:
+        return Tile(block_m=64, block_n=32, num_warps=4, num_stages=2)
+    if head_dim <= 64:
+        return Tile(block_m=128, block_n=64, num_warps=8, num_stages=3)
+    return Tile(block_m=128, block_n=64, num_warps=8, num_stages=3)
+
+
+@triton.jit
+def _attend_pages(
+    acc, l_i, m_i, q,
+    k_cache, v_cache, table_row,
+    stride_kb, stride_kt, stride_kd,
+    offs_m, offs_n, offs_d,
+    lo, hi, diagonal, seq_len, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr,
+    CAUSAL: tl.constexpr, MASKED: tl.constexpr,
+):
+    """Fold the keys [lo, hi) of one sequence, read through its block table, into (acc, l, m).
+
+    `k_cache`/`v_cache` point at this KV head already; `table_row` at the sequence's block table. `offs_m`
+    is each row's query position (used only when CAUSAL: row r sees keys j <= offs_m[r] + diagonal).
+    """
+    d_ok = offs_d < HEAD_DIM
+    for start_n in range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        cols = start_n + offs_n  # [BLOCK_N] token positions within the sequence
+        # -- the paging indirection: where do these BLOCK_N tokens live? --------------------------------
+        if PAGE_SIZE >= BLOCK_N:
+            # The whole tile sits in one page (pages and tiles are powers of two, tiles start aligned):
+            # one table entry, then BLOCK_N consecutive rows of that page.
+            page = tl.load(table_row + start_n // PAGE_SIZE).to(tl.int64)
+            first = tl.multiple_of(start_n % PAGE_SIZE, BLOCK_N)
+            rows = page * stride_kb + (first + offs_n) * stride_kt
+        else:
+            # Small pages: the tile spans several; each token looks up its own (repeated entries hit L1).
+            if MASKED:
+                pages = tl.load(table_row + cols // PAGE_SIZE, mask=cols < seq_len, other=0)
+            else:
+                pages = tl.load(table_row + cols // PAGE_SIZE)
+            rows = pages.to(tl.int64) * stride_kb + (cols % PAGE_SIZE) * stride_kt
+        # K comes in transposed, [d, BLOCK_N], so Q K^T is a plain [M, d] x [d, BLOCK_N] product.
+        k_ptrs = k_cache + rows[None, :] + offs_d[:, None] * stride_kd
+        v_ptrs = v_cache + rows[:, None] + offs_d[None, :] * stride_kd
+        if MASKED:
+            k = tl.load(k_ptrs, mask=(cols[None, :] < seq_len) & d_ok[:, None], other=0.0)
+        elif BLOCK_D != HEAD_DIM:
+            k = tl.load(k_ptrs, mask=d_ok[:, None], other=0.0)
+        else:
+            k = tl.load(k_ptrs)
+        qk = tl.dot(q, k)  # [M, BLOCK_N] raw scores, fp32
+
+        if MASKED:
+            keep = cols[None, :] < seq_len
+            if CAUSAL:
+                keep = keep & (cols[None, :] <= offs_m[:, None] + diagonal)
+            qk = tl.where(keep, qk, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet: p = alpha = 0
+        else:
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+            m_use = m_new
+        p = tl.math.exp2(qk * qk_scale - m_use[:, None])
+        alpha = tl.math.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        if MASKED:
+            v = tl.load(v_ptrs, mask=(cols[:, None] < seq_len) & d_ok[None, :], other=0.0)
+        elif BLOCK_D != HEAD_DIM:
+            v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
+        else:
+            v = tl.load(v_ptrs)
+        acc = tl.dot(p.to(v.dtype), v, acc)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _split_range(seq_len, split, NUM_SPLITS, MIN_SPLIT: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Keys [start, end) of split `split`: len/NUM_SPLITS rounded up to whole tiles, at least MIN_SPLIT.
+
+    Computed on the device from the true length, so short sequences use fewer splits (the rest return at
+    once) and every used split but the last covers whole tiles. The merge kernel calls this too.
+    """
+    per_split = tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    per_split = tl.maximum(per_split, MIN_SPLIT)
+    start = split * per_split
+    return start, tl.minimum(start + per_split, seq_len), per_split
+
+
+@triton.jit
+def _paged_decode_split(
+    Q, K, V, BlockTables, SeqLens, Out, PartOut, PartLse,
+    qk_scale,
+    stride_qb, stride_qh, stride_qd,
+    stride_kb, stride_kt, stride_kh, stride_kd,
+    stride_tb,
+    stride_ob, stride_oh, stride_od,
+    NUM_SPLITS,
+    QUERIES_PER_KV: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr,
+    BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, MIN_SPLIT: tl.constexpr, DIRECT: tl.constexpr,
+):
+    # -- ours: split `split` of sequence `batch`, for all the query heads of KV head `kv_head` -----------
+    batch = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    seq_len = tl.load(SeqLens + batch)
+    start, end, _ = _split_range(seq_len, split, NUM_SPLITS, MIN_SPLIT, BLOCK_N)
+    if not DIRECT:
+        if start >= seq_len:
+            return  # an unused split of a short (or empty) sequence: the merge skips it too
+
+    offs_g = tl.arange(0, BLOCK_G)  # rows = the query heads of this KV head's group (padded to 16)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    heads = kv_head * QUERIES_PER_KV + offs_g
+    row_ok = (offs_g < QUERIES_PER_KV)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    q = tl.load(Q + batch.to(tl.int64) * stride_qb + heads[:, None] * stride_qh + offs_d[None, :] * stride_qd,
+                mask=row_ok, other=0.0)
+    k_cache = K + kv_head.to(tl.int64) * stride_kh
+    v_cache = V + kv_head.to(tl.int64) * stride_kh
+    table_row = BlockTables + batch.to(tl.int64) * stride_tb
+
+    m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
+    # Whole tiles without predicates, then the one ragged tile at the end of the sequence.
+    full_end = start + tl.maximum(end - start, 0) // BLOCK_N * BLOCK_N
+    acc, l_i, m_i = _attend_pages(
+        acc, l_i, m_i, q, k_cache, v_cache, table_row, stride_kb, stride_kt, stride_kd,
+        offs_g, offs_n, offs_d, start, full_end, 0, seq_len, qk_scale,
+        HEAD_DIM, BLOCK_D, BLOCK_N, PAGE_SIZE, False, False,
+    )
+    acc, l_i, m_i = _attend_pages(
+        acc, l_i, m_i, q, k_cache, v_cache, table_row, stride_kb, stride_kt, stride_kd,
+        offs_g, offs_n, offs_d, full_end, end, 0, seq_len, qk_scale,
+        HEAD_DIM, BLOCK_D, BLOCK_N, PAGE_SIZE, False, True,
+    )
+
+    safe_l = tl.where(l_i == 0.0, 1.0, l_i)
+    out = acc / safe_l[:, None]  # normalized over this split's keys; zeros for an empty sequence
+    if DIRECT:  # one split: this is the answer, no merge
+        tl.store(Out + batch.to(tl.int64) * stride_ob + heads[:, None] * stride_oh + offs_d[None, :] * stride_od,
+                 out.to(Out.dtype.element_ty), mask=row_ok)
+    else:
+        # Partials are [batch, heads_q, splits, d] fp32, lse [batch, heads_q, splits], in base 2.
+        part_row = (batch * tl.num_programs(1) * QUERIES_PER_KV + heads).to(tl.int64) * NUM_SPLITS + split
+        tl.store(PartOut + part_row[:, None] * BLOCK_D + offs_d[None, :], out, mask=row_ok)
+        tl.store(PartLse + part_row, m_i + tl.math.log2(safe_l), mask=offs_g < QUERIES_PER_KV)
+
+
+@triton.jit
+def _paged_decode_merge(
+    PartOut, PartLse, SeqLens, Out,
+    stride_ob, stride_oh, stride_od,
+    HEADS_Q, NUM_SPLITS,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
+    BLOCK_N: tl.constexpr, MIN_SPLIT: tl.constexpr,
+):
+    """out = Σ_s w_s o_s / Σ_s w_s with w_s = 2^(lse_s − max lse): the splits' softmaxes made one."""
+    batch = tl.program_id(0)
+    head = tl.program_id(1)
+    seq_len = tl.load(SeqLens + batch)
+    _, _, per_split = _split_range(seq_len, 0, NUM_SPLITS, MIN_SPLIT, BLOCK_N)
+    used = tl.cdiv(seq_len, per_split)  # the splits the first kernel wrote; 0 for an empty sequence
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    s_ok = offs_s < used
+    base = (batch * HEADS_Q + head).to(tl.int64) * NUM_SPLITS
+    lse = tl.load(PartLse + base + offs_s, mask=s_ok, other=float("-inf"))
+    m = tl.max(lse, 0)
+    m = tl.where(m == float("-inf"), 0.0, m)
+    w = tl.math.exp2(lse - m)  # exactly 0 for unused splits
+    o = tl.load(PartOut + (base + offs_s)[:, None] * BLOCK_D + offs_d[None, :],
+                mask=s_ok[:, None] & (offs_d < HEAD_DIM)[None, :], other=0.0)
+    total = tl.sum(w, 0)
+    out = tl.sum(w[:, None] * o, 0) / tl.where(total == 0.0, 1.0, total)
+    tl.store(Out + batch.to(tl.int64) * stride_ob + head.to(tl.int64) * stride_oh + offs_d * stride_od,
+             out.to(Out.dtype.element_ty), mask=offs_d < HEAD_DIM)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def choose_num_splits(batch: int, heads_kv: int, max_seq_len: int, device: torch.device) -> int:
+    """How many programs share one sequence's keys, from host-known shapes only (CUDA-graph safe).
+
+    Enough (batch × heads_kv × splits) programs for PROGRAMS_PER_SM per SM, but no split shorter than
+    MIN_TOKENS_PER_SPLIT of the longest allowed sequence, and at most MAX_SPLITS.
+    """
+    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) \
+        if device.type == "cuda" else 4
+    wanted = triton.cdiv(PROGRAMS_PER_SM * sms, max(1, batch * heads_kv))
+    return max(1, min(wanted, triton.cdiv(max(1, max_seq_len), MIN_TOKENS_PER_SPLIT), MAX_SPLITS))
+
+
+def _check_cache_args(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                      block_tables: torch.Tensor, lengths: dict[str, torch.Tensor]) -> tuple[int, int, int]:
+    """Shapes, dtypes and strides (never values: that would sync). Returns (block_size, heads_kv, head_dim)."""
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"paged attention supports float16 and bfloat16, not {q.dtype}")
+    if not (q.dtype == k_cache.dtype == v_cache.dtype):
+        raise ValueError("q and the K/V caches must share one dtype")
+    if k_cache.dim() != 4 or k_cache.shape != v_cache.shape or k_cache.stride() != v_cache.stride():
+        raise ValueError("k_cache and v_cache must be [num_blocks, block_size, heads_kv, head_dim] "
+                         "with the same shape and strides")
+    _, block_size, heads_kv, head_dim = k_cache.shape
+    heads_q = q.shape[-2]
+    if q.shape[-1] != head_dim:
+        raise ValueError(f"q's head_dim {q.shape[-1]} differs from the cache's {head_dim}")
+    if head_dim not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(f"head_dim {head_dim} is not supported; supported: {SUPPORTED_HEAD_DIMS}")
+    if heads_q % heads_kv:
+        raise ValueError(f"query heads ({heads_q}) must be a multiple of key/value heads ({heads_kv})")
+    if block_size & (block_size - 1):
+        raise ValueError(f"block_size must be a power of two, not {block_size}")
+    for name, t in {"block_tables": block_tables, **lengths}.items():
+        if t.dtype != torch.int32 or t.device != q.device:
+            raise ValueError(f"{name} must be int32 on {q.device} (got {t.dtype} on {t.device})")
+    if block_tables.dim() != 2 or block_tables.stride(1) != 1:
+        raise ValueError("block_tables must be [batch, max_blocks] with contiguous rows")
+    return block_size, heads_kv, head_dim
+
+
+def paged_decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    sm_scale: float | None = None,
+    *,
+    max_seq_len: int | None = None,
+    num_splits: int | None = None,
+    out: torch.Tensor | None = None,
+    tile: Tile | None = None,
+) -> torch.Tensor:
+    """One new query token per sequence against its paged cache: out [B, Hq, D].
+
+    q [B, Hq, D]; k_cache, v_cache [num_blocks, block_size, Hkv, D]; block_tables int32 [B, max_blocks];
+    seq_lens int32 [B], the cached tokens (the new one included) each row attends to, 0 for a padding row
+    (its output is zeros). `max_seq_len` bounds seq_lens for choosing the number of splits; it defaults to
+    max_blocks × block_size, so a CUDA graph captured once stays right for any lengths the table can hold.
+    `num_splits` overrides the choice; `out` receives the result. The split partials are allocated per call
+    (inside a CUDA graph capture they come from the graph's private pool); nothing is read back to the host.
+    """
+    if q.dim() != 3 or block_tables.shape[0] != q.shape[0] or seq_lens.shape != (q.shape[0],):
+        raise ValueError("expected q [batch, heads_q, head_dim], block_tables [batch, max_blocks], seq_lens [batch]")
+    block_size, heads_kv, head_dim = _check_cache_args(q, k_cache, v_cache, block_tables, {"seq_lens": seq_lens})
+    batch, heads_q, _ = q.shape
+    group = heads_q // heads_kv
+    if group > 64:
+        raise ValueError(f"at most 64 query heads per KV head are supported, not {group}")
+    if k_cache.stride(3) != 1:
+        raise ValueError("the caches' last dimension must be contiguous")
+    sm_scale = 1.0 / math.sqrt(head_dim) if sm_scale is None else sm_scale
+    if out is None:
+        out = torch.empty_like(q)
+    if batch == 0:
+        return out
+    tile = tile or decode_tile(head_dim)
+    if max_seq_len is None:
+        max_seq_len = block_tables.shape[1] * block_size
+    splits = num_splits or choose_num_splits(batch, heads_kv, max_seq_len, q.device)
+    if not 1 <= splits <= MAX_SPLITS:
+        raise ValueError(f"num_splits must be between 1 and {MAX_SPLITS}, not {splits}")
+    block_d = triton.next_power_of_2(head_dim)
+    min_split = max(MIN_TOKENS_PER_SPLIT, tile.block_n) if num_splits is None else tile.block_n
+    direct = splits == 1
+    if direct:
+        part_out = part_lse = out  # never touched: DIRECT is a compile-time True
+    else:
+        part_out = torch.empty(batch, heads_q, splits, block_d, dtype=torch.float32, device=q.device)
+        part_lse = torch.empty(batch, heads_q, splits, dtype=torch.float32, device=q.device)
+    _paged_decode_split[(batch, heads_kv, splits)](
+        q, k_cache, v_cache, block_tables, seq_lens, out, part_out, part_lse,
+        sm_scale * LOG2_E,
+        *q.stride(),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), k_cache.stride(3),
+        block_tables.stride(0),
+        *out.stride(),
+        splits,
+        QUERIES_PER_KV=group, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_G=max(16, triton.next_power_of_2(group)),
+        BLOCK_N=tile.block_n, PAGE_SIZE=block_size, MIN_SPLIT=min_split, DIRECT=direct,
+        num_warps=tile.num_warps, num_stages=tile.num_stages,
+    )
+    if not direct:
+        _paged_decode_merge[(batch, heads_q)](
+            part_out, part_lse, seq_lens, out,
+            *out.stride(),
+            heads_q, splits,
+            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=triton.next_power_of_2(splits),
+            BLOCK_N=tile.block_n, MIN_SPLIT=min_split,
+            num_warps=4,
+        )
+    return out
+
+
+@triton.jit
+def _paged_prefill(
+    Q, K, V, CuSeqlensQ, SeqLensK, BlockTables, Out,
+    qk_scale,
+    stride_qt, stride_qh, stride_qd,
+    stride_kb, stride_kt, stride_kh, stride_kd,
+    stride_tb,
+    stride_ot, stride_oh, stride_od,
+    NUM_SEQS, QUERIES_PER_KV,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_B: tl.constexpr, PAGE_SIZE: tl.constexpr, CAUSAL: tl.constexpr,
+):
+    # -- which sequence and which of its query tiles is ours ------------------------------------------
+    tile = tl.program_id(0)
+    head = tl.program_id(1)
+    seqs = tl.arange(0, BLOCK_B)
+    cu = tl.load(CuSeqlensQ + seqs, mask=seqs < NUM_SEQS, other=1 << 30)
+    first_tiles = cu // BLOCK_M + seqs  # sequence b's tiles are numbered from here (see the module notes)
+    seq = tl.sum((first_tiles <= tile).to(tl.int32), 0) - 1
+    q_start = tl.load(CuSeqlensQ + seq)
+    n_q = tl.load(CuSeqlensQ + seq + 1) - q_start
+    start_m = tile - (q_start // BLOCK_M + seq)  # our tile within the sequence's chunk
+    if start_m * BLOCK_M >= n_q:
+        return  # a spare slot of the numbering (or an empty chunk)
+    seq_len = tl.load(SeqLensK + seq)
+    kv_head = head // QUERIES_PER_KV
+
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)  # query index within the chunk
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = (offs_m < n_q)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    tokens = (q_start + offs_m).to(tl.int64)
+    q = tl.load(Q + tokens[:, None] * stride_qt + head.to(tl.int64) * stride_qh + offs_d[None, :] * stride_qd,
+                mask=row_ok, other=0.0)
+    k_cache = K + kv_head.to(tl.int64) * stride_kh
+    v_cache = V + kv_head.to(tl.int64) * stride_kh
+    table_row = BlockTables + seq.to(tl.int64) * stride_tb
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    # -- the same split as the contiguous kernel: unmasked blocks, then the diagonal and the ragged end --
+    diagonal = seq_len - n_q  # bottom-right: query i sees keys j <= i + diagonal
+    full_blocks_end = (seq_len // BLOCK_N) * BLOCK_N
+    if CAUSAL:
+        first_row_sees = tl.maximum(start_m * BLOCK_M + diagonal + 1, 0)
+        unmasked_end = tl.minimum((first_row_sees // BLOCK_N) * BLOCK_N, full_blocks_end)
+        last_row = tl.minimum(start_m * BLOCK_M + BLOCK_M, n_q) - 1
+        end = tl.minimum(tl.maximum(last_row + diagonal + 1, 0), seq_len)
+    else:
+        unmasked_end = full_blocks_end
+        end = seq_len
+    acc, l_i, m_i = _attend_pages(
+        acc, l_i, m_i, q, k_cache, v_cache, table_row, stride_kb, stride_kt, stride_kd,
+        offs_m, offs_n, offs_d, 0, unmasked_end, diagonal, seq_len, qk_scale,
+        HEAD_DIM, BLOCK_D, BLOCK_N, PAGE_SIZE, CAUSAL, False,
+    )
+    acc, l_i, m_i = _attend_pages(
+        acc, l_i, m_i, q, k_cache, v_cache, table_row, stride_kb, stride_kt, stride_kd,
+        offs_m, offs_n, offs_d, unmasked_end, end, diagonal, seq_len, qk_scale,
+        HEAD_DIM, BLOCK_D, BLOCK_N, PAGE_SIZE, CAUSAL, True,
+    )
+    l_i = tl.where(l_i == 0.0, 1.0, l_i)
+    out = acc / l_i[:, None]
+    tl.store(Out + tokens[:, None] * stride_ot + head.to(tl.int64) * stride_oh + offs_d[None, :] * stride_od,
+             out.to(Out.dtype.element_ty), mask=row_ok)
+
+
+def paged_prefill_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    seq_lens_k: torch.Tensor,
+    block_tables: torch.Tensor,
+    causal: bool = True,
+    sm_scale: float | None = None,
+    *,
+    out: torch.Tensor | None = None,
+    tile: Tile | None = None,
+) -> torch.Tensor:
+    """A packed chunk of new tokens per sequence against each sequence's paged cache: out [T, Hq, D].
+
+    q [T, Hq, D] packed; cu_seqlens_q int32 [B+1] (sequence b's queries are rows cu[b] .. cu[b+1]);
+    seq_lens_k int32 [B], each sequence's whole context after this chunk (its keys and values, the chunk's
+    own included, are already in the cache); block_tables int32 [B, max_blocks]. Causal is bottom-right:
+    query i of a chunk of n sees keys 0 .. seq_len_k - n + i. Rows past cu_seqlens_q[-1] are left untouched.
+    """
+    if q.dim() != 3 or cu_seqlens_q.dim() != 1:
+        raise ValueError("expected q [total_tokens, heads_q, head_dim] and cu_seqlens_q [batch + 1]")
+    batch = cu_seqlens_q.shape[0] - 1
+    if batch < 0 or seq_lens_k.shape != (batch,) or block_tables.shape[0] != batch:
+        raise ValueError("cu_seqlens_q [batch + 1], seq_lens_k [batch] and block_tables [batch, ...] must agree")
+    block_size, heads_kv, head_dim = _check_cache_args(
+        q, k_cache, v_cache, block_tables, {"cu_seqlens_q": cu_seqlens_q, "seq_lens_k": seq_lens_k})
+    total, heads_q, _ = q.shape
+    if k_cache.stride(3) != 1:
+        raise ValueError("the caches' last dimension must be contiguous")
+    sm_scale = 1.0 / math.sqrt(head_dim) if sm_scale is None else sm_scale
+    if out is None:
+        out = torch.empty_like(q)
+    if batch == 0 or total == 0:
+        return out
+    tile = tile or prefill_tile(head_dim, total / batch)
+    grid = (total // tile.block_m + batch, heads_q)
+    _paged_prefill[grid](
+        q, k_cache, v_cache, cu_seqlens_q, seq_lens_k, block_tables, out,
+        sm_scale * LOG2_E,
+        *q.stride(),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), k_cache.stride(3),
+        block_tables.stride(0),
+        *out.stride(),
+        batch, heads_q // heads_kv,
+        HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_M=tile.block_m, BLOCK_N=tile.block_n,
+        BLOCK_B=triton.next_power_of_2(batch + 1), PAGE_SIZE=block_size, CAUSAL=bool(causal),
+        num_warps=tile.num_warps, num_stages=tile.num_stages,
+    )
+    return out
+
+
+# -- references: the same functions in float64, by gathering each sequence's pages into contiguous K/V --
+
+def gather_pages(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:
+    """The first `length` tokens of one sequence, [length, heads_kv, d], copied out of its pages."""
+    block_size = cache.shape[1]
+    pages = block_table[: triton.cdiv(length, block_size)].long()
+    return cache[pages].reshape(-1, *cache.shape[2:])[:length]
+
+
+def reference_paged_decode(q, k_cache, v_cache, block_tables, seq_lens, sm_scale=None) -> torch.Tensor:
+    """float64 [B, Hq, D]; a zero-length row gives zeros."""
+    out = torch.zeros(q.shape, dtype=torch.float64, device=q.device)
+    for b, length in enumerate(seq_lens.tolist()):
+        if length == 0:
+            continue
+        k = gather_pages(k_cache, block_tables[b], length).transpose(0, 1)[None]  # [1, Hkv, L, D]
+        v = gather_pages(v_cache, block_tables[b], length).transpose(0, 1)[None]
+        out[b] = reference_attention(q[b][None, :, None], k, v, sm_scale=sm_scale)[0, :, 0]
+    return out
+
+
+def reference_paged_prefill(q, k_cache, v_cache, cu_seqlens_q, seq_lens_k, block_tables, causal=True,
+                            sm_scale=None) -> torch.Tensor:
+    """float64 [T, Hq, D] for the rows cu_seqlens_q covers (others zero)."""
+    out = torch.zeros(q.shape, dtype=torch.float64, device=q.device)
+    cu = cu_seqlens_q.tolist()
+    for b, length in enumerate(seq_lens_k.tolist()):
+        if cu[b + 1] == cu[b]:
+            continue
+        k = gather_pages(k_cache, block_tables[b], length).transpose(0, 1)[None]
+        v = gather_pages(v_cache, block_tables[b], length).transpose(0, 1)[None]
+        chunk = q[cu[b]: cu[b + 1]].transpose(0, 1)[None]  # [1, Hq, n, D]
+        out[cu[b]: cu[b + 1]] = reference_attention(chunk, k, v, causal=causal, sm_scale=sm_scale)[0].transpose(0, 1)
+    return out
