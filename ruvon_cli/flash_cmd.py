@@ -7,8 +7,9 @@ from typing import Annotated, Optional
 import typer
 
 from ruvon_cli import generate_cmd, render
-from ruvon_cli.common import Device, Dtype, JsonPath, MarkdownPath, Model, command_line, friendly, pick_implementations
-from ruvon_cli.render import console, err_console
+from ruvon_cli.common import Device, Dtype, JsonPath, MarkdownPath, Model, friendly, pick_implementations
+from ruvon_cli.render import console
+
 
 @friendly
 def flash(
@@ -25,11 +26,18 @@ def flash(
 ) -> None:
     """Eager vs SDPA vs FlashAttention-2 (and our Triton kernel): speed, and memory as the context grows."""
     from ruvoninference.attention import AttentionImplementation, resolve_device
-    from ruvoninference.bench.prefill import AttentionBenchmark
+    from ruvoninference.bench.prefill import AttentionBenchmark, default_lengths, lengths_within_context
     from ruvoninference.bench.generation import scaling_markdown, to_markdown
 
     dev = resolve_device(device)
     chosen, skipped = pick_implementations(None, str(dev))
+    bench = AttentionBenchmark(model, str(dev), dtype, repeats=repeats)
+    if show_memory:
+        # Check the lengths against the context before minutes of generation runs, not after.
+        loaded = bench.load(chosen[0])
+        usable, left_out = lengths_within_context(lengths or default_lengths(dev.type), loaded.context_length, model)
+        context = loaded.context_length
+        del loaded
     if AttentionImplementation.FLASH_ATTENTION_2.value in skipped:
         console.print(f"[yellow]FlashAttention-2 is not run: {skipped['flash_attention_2']}.[/yellow] "
                       "Comparing what runs here.")
@@ -39,24 +47,18 @@ def flash(
                           True, None, None)
     data["skipped"] = skipped
     if show_memory:
-        if lengths is None:
-            lengths = [512, 1024, 2048, 4096, 8192] if dev.type == "cuda" else [128, 256, 512, 1024]
-        bench = AttentionBenchmark(model, str(dev), dtype, repeats=repeats)
+        if left_out:
+            console.print(f"[yellow]Lengths above {context} (the context of {model}) are left out: "
+                          f"{', '.join(map(str, left_out))}.[/yellow]")
         rows = []
         with render.progress_bar() as progress:
             bench.progress = progress
             for impl in chosen:
-                loaded = bench.load(impl)
-                usable = [n for n in lengths if n <= loaded.context_length]
-                if len(usable) < len(lengths):
-                    console.print(f"[yellow]Lengths above {loaded.context_length} (the context of {model}) "
-                                  "are left out.[/yellow]")
-                rows += [r.to_dict() for r in bench.sequence_length_scaling(impl, text, usable, loaded=loaded)]
-                del loaded
+                rows += [r.to_dict() for r in bench.sequence_length_scaling(impl, text, usable)]
         label = ("peak CUDA memory above the weights" if dev.type == "cuda"
                  else "peak PyTorch CPU allocations above the weights (profiler)")
         console.print(render.scaling_table(rows, label))
-        data["memory_scaling"] = {"rows": rows, "memory": label, "lengths": lengths}
+        data["memory_scaling"] = {"rows": rows, "memory": label, "lengths": usable, "left_out": left_out}
     render.write_json(json_path, data)
     md = to_markdown(data)
     if show_memory:

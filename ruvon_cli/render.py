@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -78,57 +78,126 @@ def stats_table(stats: dict, title: str = "Generation stats") -> Table:
     return table
 
 
-def benchmark_table(report: dict, detailed: bool) -> Table:
-    cfg = report["config"]
-    table = Table(
+def _match_cell(row: dict) -> str:
+    if row["matches_eager"] is None:
+        return "—"
+    return "yes" if row["matches_eager"] else f"no (from {row['first_mismatch']})"
+
+
+def _memory_kind(rows: list[dict]) -> str:
+    kinds = {r.get("peak_memory_kind") for r in rows} - {None}
+    return "peak CUDA memory" if kinds == {"cuda_allocated"} else "peak process memory (RSS)" if kinds else "peak memory"
+
+
+def benchmark_table(report: dict, detailed: bool) -> RenderableType:
+    """The generation benchmark in two tables that each fit 80 columns: the verdict, then (--detailed) the detail.
+
+    Units live in the headers so the cells stay short; the memory kind (CUDA allocator or process RSS) is
+    said once, in the caption.
+    """
+    cfg, rows = report["config"], report["rows"]
+    main = Table(
         title=f"{cfg['model']} · {cfg['max_new_tokens']} new tokens · {cfg['dtype']} · "
         f"median of {cfg['repeats']} after {cfg['warmup']} warm-up",
-        caption=environment_line(report["environment"]),
+        caption=f"peak MiB: {_memory_kind(rows)} · {environment_line(report['environment'])}",
     )
-    for col in ("implementation", "median time", "tokens/s (median)", "min–max", "TTFT"):
-        table.add_column(col, justify="right" if col != "implementation" else "left")
-    if detailed:
-        table.add_column("prefill tok/s", justify="right")
-        table.add_column("decode tok/s", justify="right")
-    table.add_column("peak memory", justify="right")
-    table.add_column("vs eager", justify="right")
-    table.add_column("tokens = eager", justify="center")
-    for r in report["rows"]:
-        match = "—" if r["matches_eager"] is None else (
-            "yes" if r["matches_eager"] else f"no (from token {r['first_mismatch']})"
-        )
-        cells = [
-            r["implementation"], f"{r['median_time_s']:.3f} s", num(r["tokens_per_s_median"]),
-            f"{r['tokens_per_s_min']:.1f}–{r['tokens_per_s_max']:.1f}", f"{r['ttft_median_s'] * 1000:.1f} ms",
-        ]
-        if detailed:
-            cells += [num(r["prefill_tokens_per_s"]), num(r["decode_tokens_per_s"])]
+    main.add_column("implementation")
+    for col in ("tok/s", "TTFT ms", "peak MiB", "vs eager"):
+        main.add_column(col, justify="right")
+    main.add_column("= eager", justify="center")
+    for r in rows:
         speed = "—" if r["speedup_vs_eager"] is None else f"{r['speedup_vs_eager']:.2f}x"
-        cells += [mib(r["peak_memory_bytes"]), speed, match]
-        table.add_row(*cells)
-    return table
+        main.add_row(r["implementation"], num(r["tokens_per_s_median"]), num(_ms(r["ttft_median_s"])),
+                     num(_mib_value(r["peak_memory_bytes"]), ",.0f"), speed, _match_cell(r))
+    if not detailed:
+        return main
+    detail = Table(title="Detail: run time, spread over repeats, prefill and decode")
+    detail.add_column("implementation")
+    for col in ("median s", "tok/s min–max", "prefill tok/s", "decode tok/s"):
+        detail.add_column(col, justify="right")
+    for r in rows:
+        detail.add_row(r["implementation"], num(r["median_time_s"], ".3f"),
+                       f"{r['tokens_per_s_min']:.1f}–{r['tokens_per_s_max']:.1f}",
+                       num(r["prefill_tokens_per_s"], ",.0f"), num(r["decode_tokens_per_s"]))
+    return Group(main, detail)
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000
+
+
+def _mib_value(nbytes: int | None) -> float | None:
+    return None if nbytes is None else nbytes / 2**20
 
 
 def skipped_lines(skipped: dict[str, str]) -> list[str]:
     return [f"[yellow]{name}[/yellow] not run: {why}" for name, why in skipped.items()]
 
 
-def scaling_table(rows: list[dict], memory_label: str) -> Table:
+def scaling_table(rows: list[dict], memory_label: str) -> RenderableType:
+    """Prefill against n as two narrow tables (time, then memory), one column per implementation.
+
+    One wide table with a time and a memory column per implementation needs 9 columns for four backends
+    and no longer fits a terminal; two tables of five columns do. A pass that ran out of memory says OOM.
+    """
     lengths = sorted({r["sequence_length"] for r in rows})
     impls = list(dict.fromkeys(r["implementation"] for r in rows))
-    table = Table(title=f"Prefill of n tokens: time and {memory_label}")
-    table.add_column("n", justify="right")
-    for impl in impls:
-        table.add_column(f"{impl} time", justify="right")
-        table.add_column(f"{impl} memory", justify="right")
     cells = {(r["implementation"], r["sequence_length"]): r for r in rows}
-    for n in lengths:
-        out = [str(n)]
+
+    def table(title: str, value) -> Table:
+        t = Table(title=title, min_width=60)  # room for the title on one line; still inside 80 columns
+        t.add_column("n", justify="right")
         for impl in impls:
-            r = cells.get((impl, n))
-            if r is None or r["status"] != "ok":
-                out += [r["status"] if r else "—", r["status"] if r else "—"]
-            else:
-                out += [f"{r['seconds'] * 1000:,.1f} ms", mib(r["peak_memory_bytes"])]
-        table.add_row(*out)
+            t.add_column(impl, justify="right")
+        for n in lengths:
+            out = [f"{n:,}"]
+            for impl in impls:
+                r = cells.get((impl, n))
+                out.append("—" if r is None else value(r) if r["status"] == "ok" else f"[red]{r['status']}[/red]")
+            t.add_row(*out)
+        return t
+
+    return Group(
+        table("Prefill of n tokens: median time (ms)", lambda r: num(_ms(r["seconds"]))),
+        table(f"Prefill of n tokens: {memory_label}, MiB", lambda r: num(_mib_value(r["peak_memory_bytes"]), ",.0f")),
+    )
+
+
+KERNEL_SHORT = {"standard": "std", "sdpa_flash": "flash", "sdpa_cudnn": "cuDNN",
+                "sdpa_efficient": "effic.", "flash_attn": "FA2", "triton": "ours"}
+KERNEL_DEFAULT = ["standard", "sdpa_cudnn", "flash_attn", "triton"]
+
+
+def kernel_table(data: dict, detailed: bool = False) -> Table:
+    """TFLOP/s per cell from a kernel report's dict (`KernelReport.to_dict()` or its saved JSON).
+
+    By default the four providers the articles compare and ours over FA2 and cuDNN; `detailed` shows every
+    provider that ran instead of the ratios. Both fit 80 columns with short provider names, spelled out in
+    the caption.
+    """
+    providers = [p for p in data["config"]["providers"] if detailed or p in KERNEL_DEFAULT]
+    ratio = {(r["head_dim"], r["causal"], r["seq_len"]): r for r in data.get("ratios", [])}
+    cells: dict[tuple, dict[str, dict]] = {}
+    for r in data["rows"]:
+        cells.setdefault((r["head_dim"], r["causal"], r["seq_len"]), {})[r["provider"]] = r
+    table = Table(title=f"Attention forward, TFLOP/s ({data['config']['dtype']})",
+                  caption=" · ".join([*(f"{KERNEL_SHORT[p]} = {p}" for p in providers if p in KERNEL_SHORT),
+                                      data["environment"]["device"]]))
+    for col in ("d", "causal", "n"):
+        table.add_column(col, justify="right")
+    for p in providers:
+        table.add_column(KERNEL_SHORT.get(p, p), justify="right")
+    if not detailed:
+        table.add_column("÷FA2", justify="right")
+        table.add_column("÷cuDNN", justify="right")
+    for key, cell in cells.items():
+        values = []
+        for p in providers:
+            r = cell.get(p)
+            values.append("—" if r is None else num(r["tflops"], ".0f") if r["status"] == "ok"
+                          else f"[red]{r['status'].split(':')[0]}[/red]")
+        if not detailed:
+            q = ratio.get(key, {})
+            values += [num(q.get("vs_flash_attn"), ".2f"), num(q.get("vs_sdpa_cudnn"), ".2f")]
+        table.add_row(str(key[0]), "yes" if key[1] else "no", f"{key[2]:,}", *values)
     return table

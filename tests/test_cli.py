@@ -100,6 +100,17 @@ def test_benchmark_alias_and_flash_on_cpu(tmp_path):
     assert {(row["implementation"], row["sequence_length"]) for row in rows} == {
         ("eager", 32), ("eager", 64), ("sdpa", 32), ("sdpa", 64)}
     assert all(row["status"] == "ok" and row["seconds"] > 0 for row in rows)
+    assert data["memory_scaling"]["lengths"] == [32, 64] and data["memory_scaling"]["left_out"] == []
+    assert "median time (ms)" in r.stdout and "MiB" in r.stdout
+
+
+def test_flash_with_no_length_inside_the_context_is_one_sentence():
+    """Lengths past the context used to give an empty table and exit 0; now one sentence, exit 2, and fast."""
+    r = cli("flash", "--model", "gpt2-random", "--show-memory", "--length", "2000", "--length", "4096")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "exceeds the 1024-token context of 'gpt2-random'" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert "Prefill" not in r.stdout and "┃" not in r.stdout  # it stopped before any benchmark ran
 
 
 def test_kernel_benchmark_needs_a_gpu():

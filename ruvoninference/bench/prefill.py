@@ -23,6 +23,31 @@ from ruvoninference.weights import ProgressCallback
 from ruvoninference.stats import cpu_peak_allocated, is_out_of_memory
 
 
+# A GPU reaches the lengths where eager attention's n² memory dominates; two CPU cores would take minutes.
+DEFAULT_LENGTHS = {"cuda": [512, 1024, 2048, 4096, 8192], "cpu": [128, 256, 512, 1024]}
+
+
+def default_lengths(device_type: str) -> list[int]:
+    return list(DEFAULT_LENGTHS.get(device_type, DEFAULT_LENGTHS["cpu"]))
+
+
+def lengths_within_context(lengths: list[int], context_length: int, model_name: str) -> tuple[list[int], list[int]]:
+    """Split the requested lengths into (usable, left_out) by the model's context.
+
+    A sweep with nothing left to measure is a user error, not an empty table.
+    """
+    bad = [n for n in lengths if n < 1]
+    if bad:
+        raise RuvonError(f"Sequence lengths must be at least 1 token; got {bad[0]}.")
+    usable = [n for n in lengths if n <= context_length]
+    if not usable:
+        raise RuvonError(
+            f"Every requested length ({', '.join(map(str, lengths))}) exceeds the {context_length}-token context "
+            f"of '{model_name}'; ask for --length {min(context_length, 1024)} or less."
+        )
+    return usable, [n for n in lengths if n > context_length]
+
+
 @dataclass
 class ScalingRow:
     implementation: str
