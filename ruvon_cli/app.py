@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from ruvon_cli import flash_cmd, generate_cmd, kernel_cmd
+from ruvon_cli import flash_cmd, generate_cmd, kernel_cmd, throughput_cmd, serve_cmd
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -27,7 +27,11 @@ for parent in (generate_app, app):
 app.add_typer(generate_app, name="generate", help="Generate text (default), list implementations, benchmark.")
 app.add_typer(kernel_app, name="kernel")
 app.command("flash")(flash_cmd.flash)
+benchmark_app.command("throughput")(throughput_cmd.throughput)
 kernel_app.command("benchmark")(kernel_cmd.kernel_benchmark)
+kernel_app.command("paged")(kernel_cmd.kernel_paged)
+app.command("serve")(serve_cmd.serve)
+benchmark_app.command("serve")(serve_cmd.benchmark_serve)
 
 
 def main() -> None:

@@ -1,0 +1,183 @@
+"""`serve` (the OpenAI-compatible server) and `benchmark serve` (the load-test client that measures one)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ruvon_cli import render
+from ruvon_cli.common import Device, Dtype, JsonPath, MarkdownPath, Model, command_line, friendly
+from ruvon_cli.render import console, err_console
+
+SCHEDULERS = ("continuous", "static", "sequential")
+
+
+@friendly
+def serve(
+    model: Model = "smollm2-135m",
+    attn: Annotated[str, typer.Option(help="The default attention implementation (requests may ask for "
+                                           "another on /completions).")] = "sdpa",
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 exposes it to the network).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    scheduler: Annotated[str, typer.Option(help="continuous, static or sequential.")] = "continuous",
+    max_batch_size: Annotated[int, typer.Option(help="Sequences in one batch at most.")] = 32,
+    max_queue: Annotated[int, typer.Option(help="Requests waiting at most; more get HTTP 429.")] = 512,
+    device: Device = None,
+    dtype: Dtype = None,
+    kv_cache_memory: Annotated[Optional[int], typer.Option(
+        help="MiB for the KV cache (default: the engine's choice).")] = None,
+    enforce_eager: Annotated[bool, typer.Option("--enforce-eager", help="No CUDA graphs.")] = False,
+    served_model_name: Annotated[Optional[str], typer.Option(
+        help="The name clients use in `model` (default: --model).")] = None,
+    access_log: Annotated[bool, typer.Option("--access-log", help="Log every HTTP request.")] = False,
+) -> None:
+    """Serve the model over HTTP: /v1/completions, /v1/chat/completions, /completions, /metrics."""
+    import uvicorn
+
+    from ruvoninference.errors import RuvonError
+    from ruvoninference.server.app import create_app
+    from ruvoninference.server.async_engine import EngineSettings
+
+    if scheduler not in SCHEDULERS:
+        raise RuvonError(f"Unknown scheduler '{scheduler}'; choose one of: {', '.join(SCHEDULERS)}.")
+    if max_batch_size < 1 or max_queue < 1:
+        raise RuvonError("--max-batch-size and --max-queue must each be at least 1.")
+    if not 0 <= port <= 65535:
+        raise RuvonError(f"Port {port} is not a TCP port; use a number from 1 to 65535.")
+    settings = EngineSettings(
+        model=model, attn=attn, device=device, dtype=dtype, scheduler=scheduler, max_batch_size=max_batch_size,
+        max_queue=max_queue, enforce_eager=enforce_eager,
+        kv_cache_memory=None if kv_cache_memory is None else kv_cache_memory * 2**20,
+    )
+    app = create_app(settings, served_model_name)
+    err_console.print(f"[bold]Serving[/bold] {app.state.model_name} ({attn}, {scheduler} scheduler, batch "
+                      f"{max_batch_size}) on http://{host}:{port}; the model loads in the background "
+                      f"(503 until then).", highlight=False)
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=access_log)
+
+
+def _levels(text: str) -> list[int]:
+    from ruvoninference.errors import RuvonError
+
+    try:
+        levels = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise RuvonError(f"--concurrency takes integers separated by commas, such as 1,8,32; not '{text}'.") from None
+    if not levels or min(levels) < 1:
+        raise RuvonError(f"--concurrency levels must be at least 1, not '{text}'.")
+    return levels
+
+
+COLUMNS = (  # (key, header, format)
+    ("concurrency", "concurrency", "d"),
+    ("completed", "ok", "d"),
+    ("failed", "failed", "d"),
+    ("duration_s", "duration s", ",.2f"),
+    ("request_throughput", "req/s", ",.2f"),
+    ("output_throughput", "output tok/s", ",.1f"),
+    ("total_token_throughput", "total tok/s", ",.1f"),
+    ("mean_ttft_ms", "TTFT mean ms", ",.1f"),
+    ("median_ttft_ms", "TTFT median ms", ",.1f"),
+    ("p99_ttft_ms", "TTFT p99 ms", ",.1f"),
+    ("mean_tpot_ms", "TPOT mean ms", ",.1f"),
+    ("median_tpot_ms", "TPOT median ms", ",.1f"),
+    ("p99_tpot_ms", "TPOT p99 ms", ",.1f"),
+    ("mean_itl_ms", "ITL mean ms", ",.1f"),
+    ("median_itl_ms", "ITL median ms", ",.1f"),
+    ("p99_itl_ms", "ITL p99 ms", ",.1f"),
+)
+
+
+def _title(data: dict) -> str:
+    c = data["config"]
+    health = data.get("server", {}).get("/health", {})
+    who = f"{c['model']}" + (f", {health['scheduler']} scheduler" if health.get("scheduler") else "")
+    return (f"Serving benchmark: {who}; {c['num_prompts']} prompts of {c['input_len']} tokens, {c['output_len']} "
+            f"new tokens, request rate {c['request_rate']}")
+
+
+def _device(data: dict) -> str:
+    env = data.get("server", {}).get("/health", {}).get("environment")
+    return render.environment_line(env) if env else "server device not reported"
+
+
+def serve_table(data: dict):
+    """Metrics down, concurrency levels across (as `vllm bench serve` prints them): fits a narrow terminal."""
+    from rich.table import Table
+
+    table = Table(title=_title(data), caption=_device(data))
+    table.add_column("metric")
+    for run in data["runs"]:
+        table.add_column(f"c={run['concurrency']}", justify="right")
+    for key, header, spec in COLUMNS[1:]:
+        table.add_row(header, *(format(run[key], spec) for run in data["runs"]))
+    return table
+
+
+def serve_markdown(data: dict) -> str:
+    lines = [f"# {_title(data)}", "", f"Server: {_device(data)}", "", f"Command: `{data.get('command', '')}`", "",
+             "| " + " | ".join(h for _, h, _ in COLUMNS) + " |", "|" + "---:|" * len(COLUMNS)]
+    for run in data["runs"]:
+        lines.append("| " + " | ".join(format(run[k], s) for k, _, s in COLUMNS) + " |")
+    errors = sorted({e for run in data["runs"] for e in run.get("errors", [])})
+    if errors:
+        lines += ["", "Errors seen: " + "; ".join(errors)]
+    return "\n".join(lines) + "\n"
+
+
+def comparison_markdown(paths: list[str]) -> str:
+    """One table of several saved runs (one per scheduler), side by side per concurrency."""
+    rows = []
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        scheduler = data.get("server", {}).get("/health", {}).get("scheduler", Path(path).stem)
+        for run in data["runs"]:
+            rows.append((run["concurrency"], scheduler, run))
+    rows.sort(key=lambda r: (r[0], SCHEDULERS.index(r[1]) if r[1] in SCHEDULERS else 9))
+    keys = [("output_throughput", "output tok/s", ",.1f"), ("request_throughput", "req/s", ",.2f"),
+            ("median_ttft_ms", "TTFT median ms", ",.1f"), ("p99_ttft_ms", "TTFT p99 ms", ",.1f"),
+            ("median_tpot_ms", "TPOT median ms", ",.1f"), ("median_itl_ms", "ITL median ms", ",.1f"),
+            ("failed", "failed", "d")]
+    lines = ["| concurrency | scheduler | " + " | ".join(h for _, h, _ in keys) + " |",
+             "|---:|---|" + "---:|" * len(keys)]
+    for concurrency, scheduler, run in rows:
+        lines.append(f"| {concurrency} | {scheduler} | " + " | ".join(format(run[k], s) for k, _, s in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
+@friendly
+def benchmark_serve(
+    url: Annotated[str, typer.Option(help="The server's base URL.")] = "http://127.0.0.1:8000",
+    concurrency: Annotated[str, typer.Option(help="Requests in flight at most; one run per level.")] = "1,8,32,64",
+    num_prompts: Annotated[int, typer.Option(help="Requests per run.")] = 64,
+    input_len: Annotated[int, typer.Option(help="Prompt tokens (random dataset).")] = 128,
+    output_len: Annotated[int, typer.Option(help="New tokens per request.")] = 128,
+    dataset: Annotated[str, typer.Option(help="Only 'random' (seeded common words, one token each).")] = "random",
+    request_rate: Annotated[float, typer.Option(help="Requests per second, Poisson arrivals (inf: all at "
+                                                     "once).")] = float("inf"),
+    model: Annotated[Optional[str], typer.Option(help="The `model` field (default: the server's first "
+                                                      "model).")] = None,
+    ignore_eos: Annotated[bool, typer.Option(help="Generate exactly --output-len tokens.")] = True,
+    seed: Annotated[int, typer.Option(help="Seed for the prompts and arrival times.")] = 0,
+    json_path: JsonPath = None,
+    markdown_path: MarkdownPath = None,
+) -> None:
+    """Load-test an OpenAI-compatible server with streaming completions; report what `vllm bench serve` does."""
+    from ruvoninference.bench.serve import run_serve_benchmark
+    from ruvoninference.errors import RuvonError
+
+    if dataset != "random":
+        raise RuvonError(f"Unknown dataset '{dataset}'; the only dataset is 'random'.")
+    if request_rate <= 0:
+        raise RuvonError(f"--request-rate must be > 0 (or inf), not {request_rate}.")
+    levels = _levels(concurrency)
+    with render.progress_bar() as progress:
+        data = run_serve_benchmark(url, levels, num_prompts, input_len, output_len, request_rate, model=model,
+                                   ignore_eos=ignore_eos, seed=seed, progress=progress)
+    data["command"] = command_line()
+    console.print(serve_table(data))
+    render.write_json(json_path, data)
+    render.write_text(markdown_path, serve_markdown(data))
