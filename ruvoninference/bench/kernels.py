@@ -352,32 +352,468 @@ def plot(report: KernelReport, path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+# == Paged attention: decode against FlashAttention-2 and SDPA, prefill over pages against contiguous ==
+#
+# Decode reads every cached K and V element once, so it is measured in achieved bandwidth: the K and V bytes
+# of the cell (batch × kv_len × heads_kv × head_dim × 2 tensors × 2 bytes) over the median time, beside a
+# device-to-device copy measured in the same run ((read + written bytes) / time, the practical ceiling).
+# Every provider is captured in a CUDA graph and timed by replays (`do_bench_cudagraph`): a decode call is a
+# few microseconds of GPU work, and eager launches would time Python instead. Providers:
+#   triton_paged_16, triton_paged_256   ours, pages of 16 and 256 tokens, shuffled block tables
+#   flash_attn_paged_256                flash_attn_with_kvcache on the same 256-token pages (FA2's paged
+#                                       kernels need a block size that is a multiple of 256)
+#   sdpa_contiguous                     scaled_dot_product_attention over K/V already gathered into contiguous
+#                                       [batch, heads_kv, kv_len, d] (the gather is not timed; enable_gqa)
+
+DECODE_BATCHES = [1, 8, 64, 256]
+DECODE_KV_LENS = [1024, 4096, 16384, 65536, 131072]
+DECODE_HEADS = [(32, 8, 128), (9, 3, 64)]  # (heads_q, heads_kv, head_dim): Llama-8B-like, SmolLM2-135M
+MAX_CELL_TOKENS = 4 * 2**20  # batch × kv_len per cell: 17 GB of K/V at 8 × 128 heads, bf16
+PREFILL_SEQ_LENS = [1024, 4096, 16384]
+DECODE_PROVIDERS = ["triton_paged_16", "triton_paged_256", "flash_attn_paged_256", "sdpa_contiguous"]
+
+
+@dataclass
+class DecodeRow:
+    provider: str
+    batch: int
+    kv_len: int
+    heads_q: int
+    heads_kv: int
+    head_dim: int
+    us: float | None
+    gbps: float | None  # K and V bytes read per second, GB/s
+    status: str
+    splits: int | None = None  # ours: the split count the heuristic chose
+
+
+@dataclass
+class PagedPrefillRow:
+    provider: str  # "triton_paged_16", "triton_paged_256" or "triton_contiguous"
+    batch: int
+    seq_len: int
+    heads_q: int
+    heads_kv: int
+    head_dim: int
+    ms: float | None
+    tflops: float | None
+    status: str
+
+
+@dataclass
+class PagedReport:
+    environment: dict
+    config: dict
+    copy_gbps: float | None = None
+    decode: list[DecodeRow] = field(default_factory=list)
+    prefill: list[PagedPrefillRow] = field(default_factory=list)
+    errors: dict[str, float] = field(default_factory=dict)  # provider -> relative error vs float64
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"environment": self.environment, "config": self.config, "copy_gbps": self.copy_gbps,
+                "decode": [asdict(r) for r in self.decode], "prefill": [asdict(r) for r in self.prefill],
+                "decode_ratios": decode_ratios(self), "prefill_ratios": prefill_ratios(self),
+                "errors": self.errors, "unavailable": self.unavailable}
+
+
+def paged_report_from_dict(data: dict) -> PagedReport:
+    return PagedReport(data["environment"], data["config"], data.get("copy_gbps"),
+                       [DecodeRow(**r) for r in data["decode"]], [PagedPrefillRow(**r) for r in data["prefill"]],
+                       data.get("errors", {}), data.get("unavailable", {}))
+
+
+def copy_bandwidth_gbps(nbytes: int = 2 * 2**30) -> float:
+    """A device-to-device copy of `nbytes`: (bytes read + bytes written) / median time, GB/s."""
+    import triton.testing
+
+    src = torch.randn(nbytes // 4, device="cuda")
+    dst = torch.empty_like(src)
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median")
+    return 2 * nbytes / (ms * 1e-3) / 1e9
+
+
+def decode_cells(batches, kv_lens, heads) -> list[tuple[int, int, int, int, int]]:
+    """(heads_q, heads_kv, head_dim, batch, kv_len) for every cell within MAX_CELL_TOKENS."""
+    return [(hq, hkv, d, b, n) for hq, hkv, d in heads for b in batches for n in kv_lens
+            if b * n <= MAX_CELL_TOKENS]
+
+
+def shuffled_tables(batch: int, kv_len: int, block_size: int, device) -> torch.Tensor:
+    """Block tables over a pool of batch × kv_len tokens: every page used once, in random order."""
+    per_seq = kv_len // block_size
+    order = torch.randperm(batch * per_seq, device=device, dtype=torch.int64)
+    return order.to(torch.int32).view(batch, per_seq)
+
+
+def _graph_time_us(fn: Callable) -> float:
+    import triton.testing
+
+    fn()  # compile and allocate outside the capture
+    torch.cuda.synchronize()
+    return triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median") * 1e3
+
+
+def _decode_providers(q, pool_k, pool_v, seq_lens, tables, heads_kv, head_dim, unavailable):
+    """Callables for one cell. The pool is [tokens, heads_kv, d]; each provider views it its own way."""
+    from ruvoninference.kernels.paged_attention import paged_decode_attention
+
+    batch, kv_len = tables[256].shape[0], tables[256].shape[1] * 256
+    fns = {}
+    for size in (16, 256):
+        k = pool_k.view(-1, size, heads_kv, head_dim)
+        v = pool_v.view(-1, size, heads_kv, head_dim)
+        out = torch.empty_like(q)
+        fns[f"triton_paged_{size}"] = (
+            lambda k=k, v=v, t=tables[size], o=out: paged_decode_attention(q, k, v, t, seq_lens, out=o))
+    try:
+        from flash_attn import flash_attn_with_kvcache
+
+        k256 = pool_k.view(-1, 256, heads_kv, head_dim)
+        v256 = pool_v.view(-1, 256, heads_kv, head_dim)
+        q4 = q.unsqueeze(1)  # [batch, 1, heads_q, d]
+        fns["flash_attn_paged_256"] = lambda: flash_attn_with_kvcache(
+            q4, k256, v256, cache_seqlens=seq_lens, block_table=tables[256])
+    except ImportError:
+        unavailable["flash_attn_paged_256"] = "flash-attn is not installed (uv sync --group flash)"
+    # SDPA: the same keys, gathered once (not timed) into [batch, heads_kv, kv_len, d].
+    rows = (tables[256].long()[:, :, None] * 256 + torch.arange(256, device=q.device)).view(batch, kv_len)
+    kc = pool_k[rows].transpose(1, 2).contiguous()
+    vc = pool_v[rows].transpose(1, 2).contiguous()
+    q_sdpa = q.unsqueeze(2)  # [batch, heads_q, 1, d]
+    fns["sdpa_contiguous"] = lambda: torch.nn.functional.scaled_dot_product_attention(
+        q_sdpa, kc, vc, enable_gqa=True)
+    return fns
+
+
+def decode_errors(heads_q: int, heads_kv: int, head_dim: int, dtype, unavailable, device="cuda",
+                  batch: int = 4, kv_len: int = 2048) -> dict[str, float]:
+    """Each provider on one cell against the float64 reference: fast must still be right."""
+    from ruvoninference.kernels.paged_attention import reference_paged_decode
+
+    gen = torch.Generator(device=device).manual_seed(3)
+    pool_k = torch.randn(batch * kv_len, heads_kv, head_dim, device=device, dtype=dtype, generator=gen)
+    pool_v = torch.randn_like(pool_k)
+    q = torch.randn(batch, heads_q, head_dim, device=device, dtype=dtype, generator=gen)
+    seq_lens = torch.full((batch,), kv_len, dtype=torch.int32, device=device)
+    tables = {s: shuffled_tables(batch, kv_len, s, device) for s in (16, 256)}
+    # Each page size has its own shuffled table over the one pool, so each has its own reference (SDPA
+    # gathers through the 256-token table).
+    refs = {size: reference_paged_decode(q, pool_k.view(-1, size, heads_kv, head_dim),
+                                         pool_v.view(-1, size, heads_kv, head_dim), tables[size], seq_lens)
+            for size in (16, 256)}
+    errors = {}
+    for name, fn in _decode_providers(q, pool_k, pool_v, seq_lens, tables, heads_kv, head_dim, unavailable).items():
+        out = fn().reshape(batch, heads_q, head_dim).double()
+        ref = refs[16 if name.endswith("_16") else 256]
+        errors[f"{name} {heads_q}/{heads_kv}x{head_dim}"] = float((out - ref).norm() / ref.norm())
+    return errors
+
+
+def run_decode_benchmark(report: PagedReport, cells, dtype, progress=None) -> None:
+    from ruvoninference.kernels.paged_attention import choose_num_splits
+
+    for hq, hkv, d in sorted({c[:3] for c in cells}):
+        report.errors.update(decode_errors(hq, hkv, d, dtype, report.unavailable))
+    for i, (hq, hkv, d, batch, kv_len) in enumerate(cells):
+        if progress:
+            progress(f"decode {hq}/{hkv}x{d} b={batch} kv={kv_len}", i, len(cells))
+        kv_bytes = 2 * batch * kv_len * hkv * d * torch.finfo(dtype).bits // 8
+        try:
+            gen = torch.Generator(device="cuda").manual_seed(i)
+            pool_k = torch.randn(batch * kv_len, hkv, d, device="cuda", dtype=dtype, generator=gen)
+            pool_v = torch.randn_like(pool_k)
+            q = torch.randn(batch, hq, d, device="cuda", dtype=dtype, generator=gen)
+            seq_lens = torch.full((batch,), kv_len, dtype=torch.int32, device="cuda")
+            tables = {s: shuffled_tables(batch, kv_len, s, "cuda") for s in (16, 256)}
+            fns = _decode_providers(q, pool_k, pool_v, seq_lens, tables, hkv, d, report.unavailable)
+        except Exception as exc:
+            status = "OOM" if is_out_of_memory(exc) else f"error: {type(exc).__name__}: {str(exc)[:120]}"
+            report.decode += [DecodeRow(p, batch, kv_len, hq, hkv, d, None, None, status) for p in DECODE_PROVIDERS]
+            continue
+        for name in DECODE_PROVIDERS:
+            row = DecodeRow(name, batch, kv_len, hq, hkv, d, None, None, "ok")
+            if name not in fns:
+                row.status = "unavailable"
+            else:
+                try:
+                    row.us = _graph_time_us(fns[name])
+                    row.gbps = kv_bytes / (row.us * 1e-6) / 1e9
+                    if name.startswith("triton"):
+                        row.splits = choose_num_splits(batch, hkv, kv_len, q.device)
+                except Exception as exc:
+                    row.status = "OOM" if is_out_of_memory(exc) else f"error: {type(exc).__name__}: {str(exc)[:120]}"
+            report.decode.append(row)
+        del fns, pool_k, pool_v
+        torch.cuda.empty_cache()
+
+
+def run_paged_prefill_benchmark(report: PagedReport, seq_lens, heads, dtype, progress=None) -> None:
+    """Fresh causal prompts, batch × seq_len = TOKENS_PER_BATCH: our kernel over pages and over contiguous K/V."""
+    import triton.testing
+
+    from ruvoninference.kernels.paged_attention import paged_prefill_attention
+
+    cells = [(hq, hkv, d, n) for hq, hkv, d in heads for n in seq_lens]
+    for i, (hq, hkv, d, n) in enumerate(cells):
+        if progress:
+            progress(f"prefill {hq}/{hkv}x{d} n={n}", i, len(cells))
+        batch = max(1, TOKENS_PER_BATCH // n)
+        gen = torch.Generator(device="cuda").manual_seed(100 + i)
+        q = torch.randn(batch * n, hq, d, device="cuda", dtype=dtype, generator=gen)
+        pool_k = torch.randn(batch * n, hkv, d, device="cuda", dtype=dtype, generator=gen)
+        pool_v = torch.randn_like(pool_k)
+        cu = torch.arange(0, batch * n + 1, n, dtype=torch.int32, device="cuda")
+        lens = torch.full((batch,), n, dtype=torch.int32, device="cuda")
+        fns: dict[str, Callable] = {}
+        for size in (16, 256):
+            t = shuffled_tables(batch, n, size, "cuda")
+            k, v = pool_k.view(-1, size, hkv, d), pool_v.view(-1, size, hkv, d)
+            fns[f"triton_paged_{size}"] = lambda k=k, v=v, t=t: paged_prefill_attention(q, k, v, cu, lens, t)
+        # The contiguous kernel on the same numbers, [batch, heads, n, d] views of the packed tensors.
+        qc = q.view(batch, n, hq, d).transpose(1, 2)
+        kc = pool_k.view(batch, n, hkv, d).transpose(1, 2).contiguous()
+        vc = pool_v.view(batch, n, hkv, d).transpose(1, 2).contiguous()
+        fns["triton_contiguous"] = lambda: flash_attention_triton(qc, kc, vc, causal=True)
+        for name, fn in fns.items():
+            row = PagedPrefillRow(name, batch, n, hq, hkv, d, None, None, "ok")
+            try:
+                row.ms = triton.testing.do_bench(fn, return_mode="median")
+                row.tflops = flops(batch, hq, n, d, causal=True) / (row.ms * 1e-3) / 1e12
+            except Exception as exc:
+                row.status = "OOM" if is_out_of_memory(exc) else f"error: {type(exc).__name__}: {str(exc)[:120]}"
+            report.prefill.append(row)
+        del fns, q, pool_k, pool_v, kc, vc
+        torch.cuda.empty_cache()
+
+
+def run_paged_benchmark(
+    batches: list[int] = DECODE_BATCHES,  # noqa: B006 - read only
+    kv_lens: list[int] = DECODE_KV_LENS,  # noqa: B006 - read only
+    heads: list[tuple[int, int, int]] = DECODE_HEADS,  # noqa: B006 - read only
+    prefill_seq_lens: list[int] = PREFILL_SEQ_LENS,  # noqa: B006 - read only
+    parts: tuple[str, ...] = ("decode", "prefill"),
+    dtype: torch.dtype = torch.bfloat16,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> PagedReport:
+    if not torch.cuda.is_available():
+        from ruvoninference.errors import RuvonError
+
+        raise RuvonError("The paged kernel benchmark needs a CUDA GPU and none is visible; run it on a GPU machine.")
+    bad = [n for n in kv_lens + prefill_seq_lens if n % 256]
+    if bad:
+        from ruvoninference.errors import RuvonError
+
+        raise RuvonError(f"Lengths must be multiples of 256 (the largest page size compared), not {bad}.")
+    from ruvoninference.kernels import paged_attention as pa
+
+    cells = decode_cells(batches, kv_lens, heads) if "decode" in parts else []
+    report = PagedReport(describe("cuda"), {
+        "parts": list(parts), "dtype": str(dtype).removeprefix("torch."), "batches": batches, "kv_lens": kv_lens,
+        "heads": [list(h) for h in heads], "max_cell_tokens": MAX_CELL_TOKENS, "decode_cells": len(cells),
+        "prefill_seq_lens": prefill_seq_lens, "tokens_per_batch": TOKENS_PER_BATCH,
+        "decode_timing": "triton.testing.do_bench_cudagraph median (CUDA-graph replays), microseconds",
+        "prefill_timing": "triton.testing.do_bench median, ms",
+        "decode_tile": {d: pa.decode_tile(d).describe() for d in sorted({h[2] for h in heads})},
+        "prefill_tile": {d: pa.prefill_tile(d, TOKENS_PER_BATCH).describe() for d in sorted({h[2] for h in heads})},
+        "split_policy": {"programs_per_sm": pa.PROGRAMS_PER_SM, "min_tokens_per_split": pa.MIN_TOKENS_PER_SPLIT,
+                         "max_splits": pa.MAX_SPLITS},
+        "l2_bytes": getattr(torch.cuda.get_device_properties(0), "L2_cache_size", None),
+    })
+    report.copy_gbps = copy_bandwidth_gbps()
+    if "decode" in parts:
+        run_decode_benchmark(report, cells, dtype, progress)
+    if "prefill" in parts:
+        run_paged_prefill_benchmark(report, prefill_seq_lens, heads, dtype, progress)
+    if progress:
+        progress("done", 1, 1)
+    return report
+
+
+def decode_ratios(report: PagedReport) -> list[dict]:
+    """Per cell: ours (block 16 and 256) over FA2's time, and ours' bandwidth as a fraction of the copy's."""
+    cells: dict[tuple, dict[str, DecodeRow]] = {}
+    for r in report.decode:
+        cells.setdefault((r.heads_q, r.heads_kv, r.head_dim, r.batch, r.kv_len), {})[r.provider] = r
+    out = []
+    for key, cell in cells.items():
+        fa2 = cell.get("flash_attn_paged_256")
+        entry = dict(zip(("heads_q", "heads_kv", "head_dim", "batch", "kv_len"), key))
+        for size in (16, 256):
+            ours = cell.get(f"triton_paged_{size}")
+            ok = ours is not None and ours.us is not None
+            entry[f"speedup_vs_fa2_{size}"] = fa2.us / ours.us if ok and fa2 and fa2.us else None
+            entry[f"copy_fraction_{size}"] = ours.gbps / report.copy_gbps if ok and report.copy_gbps else None
+        out.append(entry)
+    return out
+
+
+def prefill_ratios(report: PagedReport) -> list[dict]:
+    """Per cell: contiguous time over paged time (1.0 = paging costs nothing; the goal is >= 0.9)."""
+    cells: dict[tuple, dict[str, PagedPrefillRow]] = {}
+    for r in report.prefill:
+        cells.setdefault((r.heads_q, r.heads_kv, r.head_dim, r.seq_len), {})[r.provider] = r
+    out = []
+    for key, cell in cells.items():
+        entry = dict(zip(("heads_q", "heads_kv", "head_dim", "seq_len"), key))
+        base = cell.get("triton_contiguous")
+        for size in (16, 256):
+            ours = cell.get(f"triton_paged_{size}")
+            ok = ours is not None and ours.ms and base is not None and base.ms
+            entry[f"paged_{size}_vs_contiguous"] = base.ms / ours.ms if ok else None
+        out.append(entry)
+    return out
+
+
+def paged_markdown(report: PagedReport, command: str) -> str:
+    env = report.environment
+    copy = report.copy_gbps
+    lines = [
+        f"# Paged attention kernels: {env['device']}", "",
+        f"Command: `{command}`", "",
+        f"torch {env['torch']}, triton {env['triton']}, flash-attn {env['flash_attn']}, CUDA {env['cuda']}; "
+        f"{report.config['dtype']}. Device-to-device copy in this run: {_fmt(copy, ',.0f')} GB/s "
+        "((read + written) / time).", "",
+    ]
+    if report.decode:
+        providers = DECODE_PROVIDERS
+        lines += [
+            "## Decode: one new token per sequence, every sequence kv_len long", "",
+            "Microseconds per call (median of CUDA-graph replays) and GB/s of K and V read. ours/FA2 = FA2's "
+            "time over ours (> 1: ours faster); copy% = our GB/s over the copy's. Our tile: "
+            + "; ".join(f"d={d}: {t}" for d, t in report.config["decode_tile"].items()) + ".", "",
+            "| heads q/kv x d | batch | kv_len | splits | " + " | ".join(f"{p} µs" for p in providers)
+            + " | ours 16 GB/s | ours 256 GB/s | FA2 GB/s | ours16/FA2 | ours256/FA2 | copy% 16 | copy% 256 |",
+            "|" + "---|" * (len(providers) + 11),
+        ]
+        ratio = {(r["heads_q"], r["heads_kv"], r["head_dim"], r["batch"], r["kv_len"]): r
+                 for r in decode_ratios(report)}
+        cells: dict[tuple, dict[str, DecodeRow]] = {}
+        for r in report.decode:
+            cells.setdefault((r.heads_q, r.heads_kv, r.head_dim, r.batch, r.kv_len), {})[r.provider] = r
+        for key, cell in cells.items():
+            rt = ratio[key]
+            ours16, ours256, fa2 = (cell.get(p) for p in ("triton_paged_16", "triton_paged_256", "flash_attn_paged_256"))
+            splits = ours16.splits if ours16 and ours16.splits else "—"
+            lines.append(
+                f"| {key[0]}/{key[1]} x {key[2]} | {key[3]} | {key[4]} | {splits} | "
+                + " | ".join(_provider_values(cell, providers, lambda r: r.us, ".1f"))
+                + " | " + " | ".join(_fmt(r.gbps if r else None, ",.0f") for r in (ours16, ours256, fa2))
+                + f" | {_fmt(rt['speedup_vs_fa2_16'], '.2f')} | {_fmt(rt['speedup_vs_fa2_256'], '.2f')}"
+                + f" | {_fmt(_pct(rt['copy_fraction_16']), '.0f')} | {_fmt(_pct(rt['copy_fraction_256']), '.0f')} |"
+            )
+        if report.errors:
+            lines += ["", "Relative error against float64 (batch 4, kv_len 2048): "
+                      + ", ".join(f"{k} {v:.1e}" for k, v in report.errors.items()) + "."]
+    if report.prefill:
+        lines += [
+            "", "## Prefill over pages against our contiguous kernel (causal, fresh prompts)", "",
+            f"batch × seq_len = {TOKENS_PER_BATCH} tokens; ms (median of do_bench) and TFLOP/s. The contiguous "
+            "kernel autotunes its tile; the paged one uses "
+            + "; ".join(f"d={d}: {t}" for d, t in report.config["prefill_tile"].items()) + ".", "",
+            "| heads q/kv x d | seq_len | batch | paged 16 ms | paged 256 ms | contiguous ms | paged 16 TFLOP/s "
+            "| contiguous TFLOP/s | contiguous/paged 16 | contiguous/paged 256 |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        ratio = {(r["heads_q"], r["heads_kv"], r["head_dim"], r["seq_len"]): r for r in prefill_ratios(report)}
+        pcells: dict[tuple, dict[str, PagedPrefillRow]] = {}
+        for r in report.prefill:
+            pcells.setdefault((r.heads_q, r.heads_kv, r.head_dim, r.seq_len), {})[r.provider] = r
+        for key, cell in pcells.items():
+            vals = _provider_values(cell, ["triton_paged_16", "triton_paged_256", "triton_contiguous"],
+                                    lambda r: r.ms, ".3f")
+            tf = _provider_values(cell, ["triton_paged_16", "triton_contiguous"], lambda r: r.tflops, ".0f")
+            rt = ratio[key]
+            batch = next(iter(cell.values())).batch
+            lines.append(f"| {key[0]}/{key[1]} x {key[2]} | {key[3]} | {batch} | " + " | ".join(vals + tf)
+                         + f" | {_fmt(rt['paged_16_vs_contiguous'], '.2f')} | {_fmt(rt['paged_256_vs_contiguous'], '.2f')} |")
+    if report.unavailable:
+        lines += ["", "Not measured: " + "; ".join(f"{k}: {v}" for k, v in report.unavailable.items())]
+    return "\n".join(lines) + "\n"
+
+
+def _pct(x: float | None) -> float | None:
+    return None if x is None else 100 * x
+
+
+def paged_plot(report: PagedReport, path: str) -> None:
+    """Achieved GB/s against kv_len, one panel per (heads, batch), with the copy bandwidth as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(r.heads_q, r.heads_kv, r.head_dim, r.batch) for r in report.decode})
+    cols = max(1, len({p[3] for p in panels}))
+    rows = max(1, len({p[:3] for p in panels}))
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.5 * rows), squeeze=False)
+    heads = sorted({p[:3] for p in panels})
+    batches = sorted({p[3] for p in panels})
+    for (hq, hkv, d, b) in panels:
+        ax = axes[heads.index((hq, hkv, d))][batches.index(b)]
+        for p in DECODE_PROVIDERS:
+            pts = [(r.kv_len, r.gbps) for r in report.decode if r.provider == p and r.gbps
+                   and (r.heads_q, r.heads_kv, r.head_dim, r.batch) == (hq, hkv, d, b)]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=p)
+        if report.copy_gbps:
+            ax.axhline(report.copy_gbps, color="gray", linestyle="--", label="copy")
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"{hq}/{hkv} x {d}, batch {b}", fontsize=9)
+        ax.set_xlabel("kv_len")
+        ax.set_ylabel("GB/s of K and V")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"Paged decode, {report.config['dtype']}, {report.environment['device']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main(argv: list[str] | None = None) -> None:
+    """`python -m ruvoninference.bench.kernels [--paged]`: the options of `cli.py kernel benchmark` / `kernel paged`."""
     import sys
 
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seq-lens", type=int, nargs="+", default=DEFAULT_SEQ_LENS)
-    parser.add_argument("--head-dims", type=int, nargs="+", default=DEFAULT_HEAD_DIMS)
+    parser.add_argument("--paged", action="store_true", help="The paged kernels (as `cli.py kernel paged`).")
+    parser.add_argument("--seq-len", type=int, nargs="+", action="extend", help="Sequence lengths (repeatable).")
+    parser.add_argument("--head-dim", type=int, nargs="+", action="extend", help="Head dims (repeatable).")
+    parser.add_argument("--batch", type=int, nargs="+", action="extend", help="Decode batch sizes (--paged).")
+    parser.add_argument("--kv-len", type=int, nargs="+", action="extend", help="Decode cache lengths (--paged).")
+    parser.add_argument("--part", choices=["decode", "prefill", "both"], default="both", help="(--paged)")
     parser.add_argument("--json", dest="json_path")
     parser.add_argument("--markdown")
     parser.add_argument("--plot")
     parser.add_argument("--render", metavar="JSON", help="Render a saved --json report instead of measuring.")
     args = parser.parse_args(argv)
+    command = "python -m ruvoninference.bench.kernels " + " ".join(argv)
+    saved = None
     if args.render:
         with open(args.render) as f:
             saved = json.load(f)
-        report = report_from_dict(saved)
         command = saved.get("command", "(not recorded)")
+    if args.paged:
+        if saved is not None:
+            report = paged_report_from_dict(saved)
+        else:
+            parts = ("decode", "prefill") if args.part == "both" else (args.part,)
+            report = run_paged_benchmark(args.batch or DECODE_BATCHES, args.kv_len or DECODE_KV_LENS,
+                                         DECODE_HEADS, args.seq_len or PREFILL_SEQ_LENS, parts)
+        text, draw = paged_markdown(report, command.strip()), paged_plot
     else:
-        report = run_benchmark(args.seq_lens, args.head_dims)
-        command = "python -m ruvoninference.kernels.flash_attention " + " ".join(argv)
-    print(to_markdown(report, command.strip()))
-    if args.json_path and not args.render:
+        report = report_from_dict(saved) if saved is not None else run_benchmark(
+            args.seq_len or DEFAULT_SEQ_LENS, args.head_dim or DEFAULT_HEAD_DIMS)
+        text, draw = to_markdown(report, command.strip()), plot
+    print(text)
+    if args.json_path and saved is None:
         with open(args.json_path, "w") as f:
-            json.dump(report.to_dict(), f, indent=2)
+            json.dump({**report.to_dict(), "command": command.strip()}, f, indent=2)
     if args.markdown:
         with open(args.markdown, "w") as f:
-            f.write(to_markdown(report, command.strip()))
+            f.write(text)
     if args.plot:
-        plot(report, args.plot)
+        draw(report, args.plot)
+
+
+if __name__ == "__main__":
+    main()
