@@ -58,6 +58,10 @@ def flash(
         label = ("peak CUDA memory above the weights" if dev.type == "cuda"
                  else "peak PyTorch CPU allocations above the weights (profiler)")
         console.print(render.scaling_table(rows, label))
+        for r in rows:
+            if r.get("attention_ops") is not None:
+                ops = ", ".join(op.removeprefix("aten::") for op in r["attention_ops"]) or "matmul + softmax (no fused op)"
+                console.print(f"[dim]{r['implementation']} attention ran as: {ops}[/dim]", highlight=False)
         data["memory_scaling"] = {"rows": rows, "memory": label, "lengths": usable, "left_out": left_out}
     render.write_json(json_path, data)
     md = to_markdown(data)

@@ -19,6 +19,8 @@ def test_sequence_length_scaling_rows(gpt2_sdpa):
     for r in rows:
         assert r.status == "ok" and r.seconds > 0 and r.tokens_per_s == pytest.approx(r.sequence_length / r.seconds)
         assert r.peak_memory_bytes >= 0
+    # The first length records which attention operator SDPA dispatched to; the rest do not repeat it.
+    assert any("scaled_dot_product" in op for op in rows[0].attention_ops) and rows[1].attention_ops is None
     with pytest.raises(RuvonError, match="outside"):
         bench.sequence_length_scaling("sdpa", "x", [2048], loaded=gpt2_sdpa)
 

@@ -56,6 +56,9 @@ class ScalingRow:
     tokens_per_s: float | None
     peak_memory_bytes: int | None  # above the memory in use before the pass
     status: str  # "ok" or "OOM"
+    # Which attention operators ran (e.g. aten::_scaled_dot_product_flash_attention names SDPA's flash backend);
+    # recorded once per implementation, on its first length, so "sdpa" says which kernel it dispatched to.
+    attention_ops: list[str] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -103,6 +106,25 @@ def measure_prefill(loaded: LoadedModel, input_ids: list[int], repeats: int = 3,
     return statistics.median(times), peak
 
 
+ATTENTION_OP_MARKERS = ("scaled_dot_product", "attention", "flash", "fmha", "cudnn_attn")
+
+
+@torch.inference_mode()
+def attention_ops(loaded: LoadedModel, input_ids: list[int]) -> list[str]:
+    """The attention operators one prefill pass calls, read from the profiler's operator names (one more pass).
+
+    SDPA chooses its kernel at run time from the dtype, shapes, mask and GPU; the operator name says which
+    one it chose (`_scaled_dot_product_flash_attention`, `_cudnn_attention`, `_efficient_attention`, `_math`).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    ids = torch.tensor([input_ids], device=loaded.device)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        loaded.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+    names = {e.key for e in prof.key_averages()}
+    return sorted(n for n in names if any(m in n.lower() for m in ATTENTION_OP_MARKERS))
+
+
 
 class AttentionBenchmark:
     """Prefill time and peak memory against sequence length, for one model on one device."""
@@ -141,7 +163,8 @@ class AttentionBenchmark:
             ids = tokens_of_length(loaded.tokenizer, prompt, n)
             try:
                 seconds, peak = measure_prefill(loaded, ids, repeats=self.repeats)
-                rows.append(ScalingRow(str(loaded.implementation), n, seconds, n / seconds, peak, "ok"))
+                ops = attention_ops(loaded, ids) if i == 0 else None
+                rows.append(ScalingRow(str(loaded.implementation), n, seconds, n / seconds, peak, "ok", ops))
             except (RuntimeError, torch.OutOfMemoryError) as exc:
                 if not is_out_of_memory(exc):
                     raise
