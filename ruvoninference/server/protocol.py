@@ -14,7 +14,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_LOGPROBS_COMPLETIONS = 5  # OpenAI's limit for /v1/completions `logprobs`
 MAX_TOP_LOGPROBS_CHAT = 20  # OpenAI's limit for chat `top_logprobs`
@@ -68,21 +68,25 @@ class CompletionRequest(_SamplingFields):
     echo: bool = False
     attention_implementation: str | None = None
 
-    @model_validator(mode="after")
-    def _check_prompt(self):
-        if self.prompt == "" or self.prompt == [] or any(p == "" or p == [] for p in self.prompt_list):
+    @field_validator("prompt")
+    @classmethod
+    def _check_prompt(cls, prompt):
+        if prompt == "" or prompt == [] or any(p == "" or p == [] for p in _prompts(prompt)):
             raise ValueError("the prompt is empty; give at least one character or token")
-        return self
+        return prompt
 
     @property
     def prompt_list(self) -> list[str | list[int]]:
         """One entry per prompt: a string, or a list of token ids (OpenAI accepts both)."""
-        p = self.prompt
-        if isinstance(p, str):
-            return [p]
-        if p and all(isinstance(x, int) for x in p):
-            return [p]  # one prompt given as token ids
-        return list(p)
+        return _prompts(self.prompt)
+
+
+def _prompts(prompt) -> list[str | list[int]]:
+    if isinstance(prompt, str):
+        return [prompt]
+    if prompt and all(isinstance(x, int) for x in prompt):
+        return [prompt]  # one prompt given as token ids
+    return list(prompt)
 
 
 class ContentPart(_Request):
