@@ -23,6 +23,11 @@ Device = Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda 
 Dtype = Annotated[Optional[str], typer.Option(help="float32, float16 or bfloat16 (default: fp32 on CPU, fp16 on CUDA).")]
 JsonPath = Annotated[Optional[str], typer.Option("--json", help="Also write the full result as JSON here.")]
 MarkdownPath = Annotated[Optional[str], typer.Option("--markdown", help="Also write a markdown table here.")]
+Scheduler = Annotated[str, typer.Option(help="continuous, static or sequential batching.")]
+MaxBatchSize = Annotated[int, typer.Option(help="Most sequences in one step.")]
+BlockSize = Annotated[Optional[int], typer.Option(help="Tokens per KV-cache block (default: 256 for flash_attention_2, else 16).")]
+KvCacheMemory = Annotated[Optional[str], typer.Option(help="KV-cache budget, e.g. 512MiB or 2GiB (default: 90% of free GPU memory; 1 GiB on a CPU).")]
+EnforceEager = Annotated[bool, typer.Option("--enforce-eager", help="No CUDA graphs: run every decode step eagerly.")]
 
 
 def _quiet_libraries() -> None:
@@ -82,3 +87,41 @@ def pick_implementations(attn: list[str] | None, device: str | None):
                 raise RuvonError(f"Attention implementation '{impl}' is unavailable: {reasons[str(impl)]}.")
         return chosen, {}
     return available, reasons
+
+
+_UNITS = {"": 1, "b": 1, "kib": 2**10, "kb": 10**3, "mib": 2**20, "mb": 10**6, "gib": 2**30, "gb": 10**9}
+
+
+def parse_size(value: str) -> int:
+    """'512MiB', '2GiB', '1.5GB' or a byte count -> bytes."""
+    import re
+
+    from ruvoninference.errors import RuvonError
+
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", value)
+    unit = match.group(2).lower() if match else None
+    if not match or unit not in _UNITS or float(match.group(1)) <= 0:
+        raise RuvonError(f"'{value}' is not a memory size; write it like 512MiB, 2GiB or 1.5GB.")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def build_engine(model, attn, device, dtype, scheduler="continuous", max_batch_size=32, block_size=None,
+                 kv_cache_memory=None, enforce_eager=False, **kwargs):
+    """An Engine, with a progress bar while the model loads and CUDA graphs are captured."""
+    from ruvoninference.engine import Engine
+    from ruvon_cli import render
+
+    budget = parse_size(kv_cache_memory) if kv_cache_memory is not None else None
+    with render.progress_bar() as progress:
+        progress(f"Loading {model} ({attn})", 0, 1)
+        return Engine(model, attn, device, dtype, max_batch_size=max_batch_size, block_size=block_size,
+                      scheduler=scheduler, kv_cache_memory=budget, enforce_eager=enforce_eager, progress=progress,
+                      **kwargs)
+
+
+def engine_config(engine) -> dict:
+    """The engine settings a result depends on, for its JSON."""
+    return {"scheduler": engine.scheduler.policy, "max_batch_size": engine.max_batch_size,
+            "block_size": engine.block_size, "num_kv_blocks": engine.block_manager.num_blocks,
+            "max_num_batched_tokens": engine.max_num_batched_tokens, "cuda_graphs": engine.use_cuda_graphs,
+            "prefix_caching": engine.block_manager.enable_prefix_caching, "max_model_len": engine.context_length}

@@ -7,15 +7,19 @@ from typing import Annotated, Optional
 import typer
 
 from ruvon_cli import render
-from ruvon_cli.common import Device, Dtype, JsonPath, MarkdownPath, Model, command_line, friendly, pick_implementations
+from ruvon_cli.common import (
+    BlockSize, Device, Dtype, EnforceEager, JsonPath, KvCacheMemory, MarkdownPath, MaxBatchSize, Model, Scheduler,
+    build_engine, command_line, engine_config, friendly, pick_implementations,
+)
 from ruvon_cli.render import console, err_console
 
 
 @friendly
 def generate(
     ctx: typer.Context,
-    text: Annotated[Optional[str], typer.Option("--text", "-t", help="The prompt to continue.")] = None,
-    max_length: Annotated[int, typer.Option(help="Maximum number of new tokens.")] = 50,
+    text: Annotated[Optional[list[str]], typer.Option(
+        "--text", "-t", help="The prompt to continue; repeat it for a batch (a single prompt streams).")] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", "--max-length", help="Maximum number of new tokens.")] = 50,
     model: Model = "smollm2-135m",
     device: Device = None,
     dtype: Dtype = None,
@@ -25,48 +29,84 @@ def generate(
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass in (0, 1] (1 = off).")] = 1.0,
     seed: Annotated[Optional[int], typer.Option(help="Seed for repeatable sampling.")] = None,
     stop: Annotated[Optional[list[str]], typer.Option(help="Stop when this string appears (repeatable).")] = None,
+    ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Keep generating past EOS.")] = False,
+    scheduler: Scheduler = "continuous",
+    max_batch_size: MaxBatchSize = 32,
+    block_size: BlockSize = None,
+    kv_cache_memory: KvCacheMemory = None,
+    enforce_eager: EnforceEager = False,
     json_path: JsonPath = None,
 ) -> None:
-    """Stream a continuation of --text, then show what the run measured."""
+    """Stream a continuation of --text (or run several prompts as a batch), then show what the run measured."""
     if ctx.invoked_subcommand is not None:
         return
-    from ruvoninference.attention import load_model_with_attention
+    import time
+
+    from ruvoninference.config import dtype_name
     from ruvoninference.environment import describe
     from ruvoninference.errors import RuvonError
-    from ruvoninference.generation import StopRule, encode_prompts, generate as run_generation
     from ruvoninference.sampling import SamplingParams
+    from ruvoninference.stats import generation_stats, peak_memory, reset_peak_memory
 
-    if text is None:
+    if not text:
         raise RuvonError('Give a prompt with --text, e.g. cli.py generate --text "Once upon a time".')
-    sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    StopRule(max_length)  # validate before the model loads: bad values fail in a blink
-    with render.progress_bar() as progress:
-        progress(f"Loading {model} ({attn})", 0, 1)
-        loaded = load_model_with_attention(model, attn, device, dtype, progress=progress)
-    encode_prompts(loaded, [text], max_length)  # a prompt that does not fit fails before any output
-    if loaded.random_weights:
+    # Validate before the model loads: bad values fail in a blink.
+    sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, max_tokens=max_tokens,
+                              stop=tuple(stop or ()), ignore_eos=ignore_eos)
+    engine = build_engine(model, attn, device, dtype, scheduler, max_batch_size, block_size, kv_cache_memory,
+                          enforce_eager)
+    prompt_ids = [engine.encode(t) for t in text]
+    for ids in prompt_ids:  # a prompt that does not fit fails before any output
+        engine.check_request(ids, sampling)
+    if engine.bundle.random_weights:
         err_console.print(f"[yellow]{model} has random weights: the text is noise, the timings are real.[/yellow]")
-    console.print(f"[dim]{model} · {loaded.implementation} · {loaded.device} · "
-                  f"{str(loaded.dtype).removeprefix('torch.')}[/dim]")
-    console.print(text, end="", style="bold", highlight=False)
+    console.print(f"[dim]{model} · {engine.attn} · {engine.device} · {dtype_name(engine.dtype)}"
+                  f"{' · CUDA graphs' if engine.use_cuda_graphs else ''}[/dim]")
+    streaming = len(text) == 1
+    if streaming:
+        console.print(text[0], end="", style="bold", highlight=False)
 
-    def on_token(_row: int, _token: int, piece: str) -> None:
-        console.file.write(piece)
-        console.file.flush()
+    def on_output(out) -> None:
+        if streaming:
+            console.file.write(out.new_text)
+            console.file.flush()
 
-    result = run_generation(loaded, text, max_length, sampling, stop_strings=stop or (), on_token=on_token)
-    console.print()
-    seq, stats = result.sequences[0], result.stats.to_dict()
-    console.print(render.stats_table(stats, title=f"Generation stats (finished: {seq.finish_reason})"))
+    reset_peak_memory(engine.device)
+    start = time.perf_counter()
+    if not streaming:
+        with render.progress_bar() as progress:
+            done = []
+            progress(f"Generating {len(text)} sequences", 0, len(text))
+
+            def on_output(out) -> None:  # noqa: F811 (a batch shows progress instead of streaming)
+                if out.finished:
+                    done.append(out)
+                    progress(f"Generating {len(text)} sequences", len(done), len(text))
+
+            outputs = engine.generate(prompt_ids, sampling, on_output=on_output)
+    else:
+        outputs = engine.generate(prompt_ids, sampling, on_output=on_output)
+        console.print()
+    end = time.perf_counter()
+    peak, kind = peak_memory(engine.device)
+    stats = generation_stats(outputs, start, end, peak, kind).to_dict()
+    if not streaming:
+        for prompt, out in zip(text, outputs):
+            console.print(prompt, end="", style="bold", highlight=False)
+            console.print(out.text, highlight=False, markup=False)
+            console.print(f"[dim]({out.finish_reason}, {len(out.token_ids)} tokens)[/dim]")
+    reasons = ", ".join(sorted({o.finish_reason for o in outputs}))
+    console.print(render.stats_table(stats, title=f"Generation stats (finished: {reasons})"))
     render.write_json(json_path, {
         "command": command_line(),
-        "config": {"model": model, "attn": str(loaded.implementation), "device": str(loaded.device),
-                   "dtype": str(loaded.dtype).removeprefix("torch."), "max_new_tokens": max_length,
-                   "temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed,
-                   "stop": stop or []},
-        "environment": describe(loaded.device),
-        "prompt": text, "prompt_token_ids": seq.prompt_ids, "text": seq.text, "token_ids": seq.token_ids,
-        "logprobs": seq.logprobs, "finish_reason": seq.finish_reason, "random_weights": loaded.random_weights,
+        "config": {"model": model, "attn": str(engine.attn), "device": str(engine.device),
+                   "dtype": dtype_name(engine.dtype), "max_tokens": max_tokens, "temperature": temperature,
+                   "top_k": top_k, "top_p": top_p, "seed": seed, "stop": stop or [], "ignore_eos": ignore_eos,
+                   **engine_config(engine)},
+        "environment": describe(engine.device),
+        "outputs": [{"prompt": t, "prompt_token_ids": o.prompt_token_ids, "text": o.text, "token_ids": o.token_ids,
+                     "finish_reason": o.finish_reason} for t, o in zip(text, outputs)],
+        "random_weights": engine.bundle.random_weights,
         "stats": stats,
     })
 
@@ -96,7 +136,7 @@ def implementations(device: Device = None, dtype: Dtype = None) -> None:
 
 
 def run_benchmark(model, text, max_tokens, device, dtype, warmup, repeats, baseline, attn, detailed,
-                   json_path, markdown_path):
+                  json_path, markdown_path, enforce_eager=False):
     from ruvoninference.bench.generation import compare_implementations, to_markdown
     from ruvoninference.errors import RuvonError
 
@@ -108,7 +148,7 @@ def run_benchmark(model, text, max_tokens, device, dtype, warmup, repeats, basel
     with render.progress_bar() as progress:
         report = compare_implementations(
             model, text, max_tokens, chosen, device, dtype, warmup=warmup, repeats=repeats,
-            baseline_hf=baseline == "hf", skipped=skipped, progress=progress,
+            baseline_hf=baseline == "hf", skipped=skipped, progress=progress, enforce_eager=enforce_eager,
         )
     data = report.to_dict()
     data["command"] = command_line()
@@ -133,6 +173,7 @@ def benchmark(
     detailed: Annotated[bool, typer.Option("--detailed", help="Split prefill and decode.")] = False,
     baseline: Annotated[Optional[str], typer.Option(help="'hf' adds Hugging Face generate as a row.")] = None,
     attn: Annotated[Optional[list[str]], typer.Option(help="Only these implementations (repeatable).")] = None,
+    enforce_eager: EnforceEager = False,
     json_path: JsonPath = None,
     markdown_path: MarkdownPath = None,
 ) -> None:
@@ -140,4 +181,4 @@ def benchmark(
     if ctx.invoked_subcommand is not None:
         return
     run_benchmark(model, text, max_tokens, device, dtype, warmup, repeats, baseline, attn, detailed,
-                   json_path, markdown_path)
+                  json_path, markdown_path, enforce_eager)

@@ -52,6 +52,21 @@ class GenerationStats:
         return data
 
 
+def generation_stats(outputs, start: float, end: float, peak: int, kind: str) -> GenerationStats:
+    """A run's statistics from the engine's request outputs (times from `time.perf_counter`)."""
+    first = min(o.first_token_time for o in outputs)
+    return GenerationStats(
+        prompt_tokens=sum(len(o.prompt_token_ids) for o in outputs),
+        generated_tokens=sum(len(o.token_ids) for o in outputs),
+        time_to_first_token_s=first - start,
+        decode_time_s=end - first,
+        total_time_s=end - start,
+        peak_memory_bytes=peak,
+        peak_memory_kind=kind,
+        sequences=len(outputs),
+    )
+
+
 def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -6,7 +6,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 
 from conftest import CUDA
 from ruvoninference.attention import triton_backend
-from ruvoninference.kv_cache import new_cache
+from transformers import DynamicCache
 
 DEVICE = "cuda" if CUDA else "cpu"
 
@@ -29,7 +29,7 @@ def test_triton_backend_matches_eager_with_padding_and_cache():
     mask[1, :6] = 0  # left padding in the second row: the mask must reach the kernel
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
-        caches = new_cache(ours.config), new_cache(eager.config)
+        caches = DynamicCache(config=ours.config), DynamicCache(config=eager.config)
         a = ours(ids, attention_mask=mask, position_ids=positions, past_key_values=caches[0]).logits
         b = eager(ids, attention_mask=mask, position_ids=positions, past_key_values=caches[1]).logits
         real = mask.bool()

@@ -18,6 +18,7 @@ from enum import Enum
 
 import torch
 
+from ruvoninference.config import dtype_name, resolve_device, resolve_dtype
 from ruvoninference.errors import RuvonError
 from ruvoninference.weights import DEFAULT_MODEL, EMBEDDED_MODELS, ProgressCallback, context_length, load_pretrained
 
@@ -33,11 +34,6 @@ class AttentionImplementation(str, Enum):
 
 
 ALL_IMPLEMENTATIONS: tuple[AttentionImplementation, ...] = tuple(AttentionImplementation)
-_DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-}
 
 
 def parse_implementation(value: str | AttentionImplementation) -> AttentionImplementation:
@@ -46,33 +42,6 @@ def parse_implementation(value: str | AttentionImplementation) -> AttentionImple
     except ValueError:
         names = ", ".join(i.value for i in ALL_IMPLEMENTATIONS)
         raise RuvonError(f"Unknown attention implementation '{value}'; choose one of: {names}.") from None
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """`None` picks CUDA when present; asking for CUDA without it is a user error, not a silent CPU run."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise RuvonError(f"Unknown device '{device}'; use 'cpu' or 'cuda'.") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise RuvonError("Device 'cuda' was asked for but no CUDA GPU is visible; use --device cpu.")
-    if resolved.type not in ("cpu", "cuda"):
-        raise RuvonError(f"Device '{device}' is not supported; use 'cpu' or 'cuda'.")
-    return resolved
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """fp32 on the CPU (fast and exact there); fp16 on CUDA, which every backend, FlashAttention-2 included, runs."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype is None:
-        return torch.float16 if device.type == "cuda" else torch.float32
-    try:
-        return _DTYPES[dtype.lower()]
-    except KeyError:
-        raise RuvonError(f"Unknown dtype '{dtype}'; use float32, float16 or bfloat16.") from None
 
 
 def _cuda_reason(device: torch.device | None) -> str | None:
@@ -122,7 +91,7 @@ def check_implementation(
     if implementation in fused and dtype not in (torch.float16, torch.bfloat16):
         raise RuvonError(
             f"Attention implementation '{implementation}' supports float16 and bfloat16 only, "
-            f"not {str(dtype).removeprefix('torch.')}; pass --dtype float16 or --dtype bfloat16."
+            f"not {dtype_name(dtype)}; pass --dtype float16 or --dtype bfloat16."
         )
 
 

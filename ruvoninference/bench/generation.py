@@ -1,13 +1,16 @@
 """Side-by-side generation benchmarks: every backend on the same model, prompt, device and dtype.
 
-For each implementation: load the model with it, run the generation loop `warmup` times untimed (kernel
-compilation, autotuning and allocator growth stay out of the numbers), then `repeats` timed runs, each
-generating exactly `max_new_tokens` greedy tokens (EOS ignored, so every run does the same work). We report
-medians, the min/max spread of tokens/s, and whether the greedy tokens equal eager's: a fast backend that
-changes the answer is not a speedup.
+For each implementation: build an engine with it (all engines share one copy of the weights), run the
+generation `warmup` times untimed (kernel compilation, autotuning, CUDA-graph capture and allocator growth
+stay out of the numbers), then `repeats` timed runs, each generating exactly `max_tokens` greedy tokens
+(EOS ignored, so every run does the same work). We report medians, the min/max spread of tokens/s, and
+whether the greedy tokens equal eager's: a fast backend that changes the answer is not a speedup.
 
-`baseline_hf=True` adds Hugging Face `model.generate` on the SDPA model as a row, so our loop is measured
-against the library's.
+`baseline_hf=True` adds Hugging Face `model.generate` as a row for each implementation transformers can
+run it with, so the engine is measured against the library with the same attention backend.
+
+The engine's KV cache is sized to this run (prompt plus new tokens, rounded up to blocks), so the peak
+memory it reports is comparable with Hugging Face's growing cache rather than a preallocated pool.
 """
 
 from __future__ import annotations
@@ -20,19 +23,17 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ruvoninference.attention import (
-    AttentionImplementation,
-    LoadedModel,
-    load_model_with_attention,
-    resolve_device,
-    resolve_dtype,
-)
+from ruvoninference.attention import AttentionImplementation, load_model_with_attention
+from ruvoninference.config import dtype_name, resolve_device, resolve_dtype
+from ruvoninference.engine import Engine, SamplingParams
 from ruvoninference.environment import describe
-from ruvoninference.generation import encode_prompts, generate
-from ruvoninference.weights import ProgressCallback
+from ruvoninference.models import load_model
 from ruvoninference.stats import peak_memory, reset_peak_memory
+from ruvoninference.weights import ProgressCallback
 
-HF_BASELINE = "hf_generate"
+HF_PREFIX = "hf_generate:"
+HF_IMPLEMENTATIONS = (AttentionImplementation.EAGER, AttentionImplementation.SDPA,
+                      AttentionImplementation.FLASH_ATTENTION_2)
 
 
 @dataclass
@@ -51,6 +52,7 @@ class BenchmarkRow:
     speedup_vs_eager: float | None = None
     matches_eager: bool | None = None
     first_mismatch: int | None = None  # index of the first token that differs from eager's
+    speedup_vs_hf: float | None = None  # ours over Hugging Face generate with the same backend
 
 
 @dataclass
@@ -100,17 +102,23 @@ def _row(name: str, runs: list[dict], token_ids: list[int]) -> BenchmarkRow:
     )
 
 
-def _ours(loaded: LoadedModel, prompt_ids: list[int], max_new_tokens: int, warmup: int, repeats: int):
+def _ours(engine: Engine, prompt_ids: list[int], max_tokens: int, warmup: int, repeats: int):
+    sampling = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
     last = {}
 
     def run() -> dict:
-        result = generate(loaded, [], max_new_tokens, prompt_ids=[prompt_ids], ignore_eos=True)
-        s = result.stats
-        last["ids"] = result.sequences[0].token_ids
+        reset_peak_memory(engine.device)
+        out = engine.generate([prompt_ids], sampling)[0]
+        peak, kind = peak_memory(engine.device)
+        last["ids"] = out.token_ids
+        total = out.finish_time - out.arrival_time
+        ttft = out.time_to_first_token_s
+        decode_time = out.finish_time - out.first_token_time
         return {
-            "total": s.total_time_s, "tokens": s.generated_tokens, "ttft": s.time_to_first_token_s,
-            "prefill_tps": s.prefill_tokens_per_s, "decode_tps": s.decode_tokens_per_s,
-            "peak": s.peak_memory_bytes, "peak_kind": s.peak_memory_kind,
+            "total": total, "tokens": len(out.token_ids), "ttft": ttft,
+            "prefill_tps": len(prompt_ids) / ttft,
+            "decode_tps": (len(out.token_ids) - 1) / decode_time if decode_time > 0 else None,
+            "peak": peak, "peak_kind": kind,
         }
 
     runs = _time_runs(run, warmup, repeats)
@@ -118,7 +126,7 @@ def _ours(loaded: LoadedModel, prompt_ids: list[int], max_new_tokens: int, warmu
 
 
 @torch.inference_mode()
-def _hf_generate(loaded: LoadedModel, prompt_ids: list[int], max_new_tokens: int, warmup: int, repeats: int):
+def _hf_generate(loaded, prompt_ids: list[int], max_new_tokens: int, warmup: int, repeats: int):
     ids = torch.tensor([prompt_ids], device=loaded.device)
     mask = torch.ones_like(ids)
     last = {}
@@ -147,7 +155,7 @@ def _hf_generate(loaded: LoadedModel, prompt_ids: list[int], max_new_tokens: int
 def compare_implementations(
     model: str,
     prompt: str,
-    max_new_tokens: int,
+    max_tokens: int,
     implementations: list[AttentionImplementation],
     device: str | None = None,
     dtype: str | None = None,
@@ -156,40 +164,59 @@ def compare_implementations(
     baseline_hf: bool = False,
     skipped: dict[str, str] | None = None,
     progress: ProgressCallback | None = None,
+    enforce_eager: bool = False,
 ) -> BenchmarkReport:
-    """Benchmark our generation loop under each implementation (and optionally HF generate) side by side."""
+    """Benchmark the engine under each implementation (and optionally HF generate) side by side."""
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     report = BenchmarkReport(
         environment=describe(dev),
         config={
-            "model": model, "prompt": prompt, "max_new_tokens": max_new_tokens, "device": str(dev),
-            "dtype": str(torch_dtype).removeprefix("torch."), "warmup": warmup, "repeats": repeats,
+            "model": model, "prompt": prompt, "max_tokens": max_tokens, "device": str(dev),
+            "dtype": dtype_name(torch_dtype), "warmup": warmup, "repeats": repeats,
             "implementations": [str(i) for i in implementations], "baseline_hf": baseline_hf,
-            "decoding": "greedy, EOS ignored (every run generates max_new_tokens)",
+            "cuda_graphs": dev.type == "cuda" and not enforce_eager,
+            "decoding": "greedy, EOS ignored (every run generates max_tokens)",
         },
         skipped=dict(skipped or {}),
     )
     jobs: list[tuple[str, AttentionImplementation]] = [(str(i), i) for i in implementations]
     if baseline_hf:
-        jobs.append((HF_BASELINE, AttentionImplementation.SDPA))
-    prompt_ids = None
+        jobs += [(HF_PREFIX + str(i), i) for i in implementations if i in HF_IMPLEMENTATIONS]
+    if progress:
+        progress(f"Loading {model}", 0, len(jobs))
+    bundle = load_model(model, dev, torch_dtype)
+    prompt_ids = bundle.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    report.config["prompt_tokens"] = len(prompt_ids)
+    # Enough cache for this run and no more (see the module docstring).
+    tokens = -(-(len(prompt_ids) + max_tokens) // 256) * 256  # whole blocks for any block size up to 256
+    kv_bytes = tokens * bundle.config.kv_bytes_per_token(torch_dtype)
     for step, (name, impl) in enumerate(jobs):
         if progress:
             progress(f"Benchmarking {name}", step, len(jobs))
-        loaded = load_model_with_attention(model, impl, dev, torch_dtype)
-        if prompt_ids is None:
-            prompt_ids = encode_prompts(loaded, [prompt], max_new_tokens)[0]
-            report.config["prompt_tokens"] = len(prompt_ids)
-        measure = _hf_generate if name == HF_BASELINE else _ours
-        runs, token_ids = measure(loaded, prompt_ids, max_new_tokens, warmup, repeats)
+        if name.startswith(HF_PREFIX):
+            subject = load_model_with_attention(model, impl, dev, torch_dtype)
+            runs, token_ids = _hf_generate(subject, prompt_ids, max_tokens, warmup, repeats)
+        else:
+            subject = Engine(bundle, impl, max_batch_size=1, kv_cache_memory=kv_bytes, enforce_eager=enforce_eager)
+            subject.check_request(prompt_ids, SamplingParams(max_tokens=max_tokens))
+            runs, token_ids = _ours(subject, prompt_ids, max_tokens, warmup, repeats)
         report.rows.append(_row(name, runs, token_ids))
-        del loaded
+        del subject
         _free(dev)
     if progress:
         progress("Done", len(jobs), len(jobs))
     _compare_with_eager(report.rows)
+    _compare_with_hf(report.rows)
     return report
+
+
+def _compare_with_hf(rows: list[BenchmarkRow]) -> None:
+    by_name = {r.implementation: r for r in rows}
+    for row in rows:
+        hf = by_name.get(HF_PREFIX + row.implementation)
+        if hf is not None:
+            row.speedup_vs_hf = row.tokens_per_s_median / hf.tokens_per_s_median
 
 
 def _compare_with_eager(rows: list[BenchmarkRow]) -> None:
@@ -215,7 +242,7 @@ def to_markdown(report: dict) -> str:
         f"Device: {env['device']}; torch {env['torch']}, transformers {env['transformers']}, "
         f"triton {env['triton']}, flash-attn {env['flash_attn']}.",
         f"Model {cfg['model']}, {cfg['dtype']}, prompt of {cfg.get('prompt_tokens')} tokens, "
-        f"{cfg['max_new_tokens']} new tokens ({cfg['decoding']}); median of {cfg['repeats']} runs "
+        f"{cfg['max_tokens']} new tokens ({cfg['decoding']}); median of {cfg['repeats']} runs "
         f"after {cfg['warmup']} warm-up.",
     ]
     if report.get("command"):
@@ -223,18 +250,19 @@ def to_markdown(report: dict) -> str:
     lines += [
         "",
         "| implementation | median time (s) | tokens/s (median) | min–max | TTFT (ms) | prefill tok/s "
-        "| decode tok/s | peak memory (MiB) | vs eager | tokens = eager |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| decode tok/s | peak memory (MiB) | vs eager | vs HF (same backend) | tokens = eager |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         match = "—" if r["matches_eager"] is None else ("yes" if r["matches_eager"] else f"no (from {r['first_mismatch']})")
         speed = "—" if r["speedup_vs_eager"] is None else f"{r['speedup_vs_eager']:.2f}x"
+        vs_hf = "—" if r.get("speedup_vs_hf") is None else f"{r['speedup_vs_hf']:.2f}x"
         prefill = "—" if r["prefill_tokens_per_s"] is None else f"{r['prefill_tokens_per_s']:,.0f}"
         decode = "—" if r["decode_tokens_per_s"] is None else f"{r['decode_tokens_per_s']:,.1f}"
         lines.append(
             f"| {r['implementation']} | {r['median_time_s']:.3f} | {r['tokens_per_s_median']:,.1f} "
             f"| {r['tokens_per_s_min']:,.1f}–{r['tokens_per_s_max']:,.1f} | {r['ttft_median_s'] * 1000:,.1f} "
-            f"| {prefill} | {decode} | {_mib(r['peak_memory_bytes'])} ({r['peak_memory_kind']}) | {speed} | {match} |"
+            f"| {prefill} | {decode} | {_mib(r['peak_memory_bytes'])} ({r['peak_memory_kind']}) | {speed} | {vs_hf} | {match} |"
         )
     for name, why in report.get("skipped", {}).items():
         lines.append(f"\n{name}: not run ({why}).")

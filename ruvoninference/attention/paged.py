@@ -1,0 +1,172 @@
+"""Attention over the paged KV cache, one function per backend.
+
+The model calls `attention(layer, q, k, v)` (see `models.layers.AttentionFn`) with the step's new tokens
+flattened, q `[T, Hq, D]` and k, v `[T, Hkv, D]`. Every backend does the same two things:
+
+1. store the new keys and values into the cache, at `slot_mapping[t]` for token t;
+2. attend each new query to its sequence's cached keys and values (the new ones included), causally.
+
+The step's `AttentionMetadata` says where each sequence's tokens are. Two shapes of step:
+
+- prefill: each sequence brings `query_len` new tokens (a prompt, or a chunk of it) after `context_len -
+  query_len` cached ones (a prefix-cache hit or earlier chunks). Causality is bottom-right: new token i of a
+  sequence sees keys 0 .. context_len - query_len + i.
+- decode: each sequence brings one token and sees its whole cache, `seq_lens[b]` tokens.
+
+The backends:
+
+- `eager` and `sdpa`, the references: gather the sequence's pages into a contiguous tensor, then matmul,
+  softmax, matmul (eager) or `scaled_dot_product_attention` (sdpa). Simple and exact; the gather costs a
+  copy of the cache each step.
+- `flash_attention_2`: `flash_attn_varlen_func` for prefill (reading pages through `block_table` when a
+  prefix is cached) and `flash_attn_with_kvcache` for decode. Its paged mode needs blocks of 256 tokens.
+- `triton`: our kernels over the pages (`kernels.paged_attention`), split-KV decode and varlen prefill.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ruvoninference.attention import AttentionImplementation
+
+FLASH_ATTENTION_BLOCK_SIZE = 256  # flash_attn's paged KV needs a block size divisible by 256
+DEFAULT_BLOCK_SIZE = 16
+
+
+def default_block_size(implementation: AttentionImplementation) -> int:
+    if implementation is AttentionImplementation.FLASH_ATTENTION_2:
+        return FLASH_ATTENTION_BLOCK_SIZE
+    return DEFAULT_BLOCK_SIZE
+
+
+@dataclass
+class AttentionMetadata:
+    is_prefill: bool
+    slot_mapping: torch.Tensor  # [T] int64: where each new token's k, v go
+    block_tables: torch.Tensor  # [B, max_blocks] int32
+    seq_lens: torch.Tensor  # [B] int32: tokens in the cache after this step (the context length)
+    max_seqlen_k: int
+    # prefill only
+    cu_seqlens_q: torch.Tensor | None = None  # [B + 1] int32: offsets of each sequence's new tokens
+    cu_seqlens_k: torch.Tensor | None = None  # [B + 1] int32
+    max_seqlen_q: int = 1
+    query_lens: list[int] | None = None  # host copies, for the reference paths
+    context_lens: list[int] | None = None
+
+    @property
+    def has_prefix(self) -> bool:
+        """Whether some sequence attends to keys computed in an earlier step (cached prefix, earlier chunk)."""
+        return self.query_lens is not None and self.query_lens != self.context_lens
+
+
+def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+             slot_mapping: torch.Tensor) -> None:
+    """Write the new tokens' k, v [T, Hkv, D] into their cache slots."""
+    heads, dim = k.shape[1], k.shape[2]
+    k_cache.view(-1, heads, dim).index_copy_(0, slot_mapping, k)
+    v_cache.view(-1, heads, dim).index_copy_(0, slot_mapping, v)
+
+
+def gather_pages(cache: torch.Tensor, block_tables: torch.Tensor) -> torch.Tensor:
+    """[num_blocks, bs, Hkv, D] through [B, M] block tables -> [B, M * bs, Hkv, D] (contiguous copies)."""
+    pages = cache[block_tables.long()]  # [B, M, bs, Hkv, D]
+    return pages.flatten(1, 2)
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float,
+            use_sdpa: bool, is_causal: bool = False) -> torch.Tensor:
+    """q [.., Hq, n, D], k/v [.., Hq, S, D], mask broadcastable to [.., n, S] (True = attend)."""
+    if use_sdpa:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale)
+    scores = (q @ k.transpose(-1, -2)) * scale
+    if is_causal:
+        n, s = scores.shape[-2:]
+        mask = torch.ones(n, s, dtype=torch.bool, device=q.device).tril()
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(-1, dtype=torch.float32).to(q.dtype) @ v
+
+
+def _reference_prefill(q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale: float, use_sdpa: bool):
+    """Sequence by sequence: gather its keys (or take this step's when nothing is cached), attend causally."""
+    out = torch.empty_like(q)
+    group = q.shape[1] // k.shape[1]
+    start = 0
+    for b, (n, context) in enumerate(zip(meta.query_lens, meta.context_lens)):
+        qb = q[start:start + n].transpose(0, 1)[None]  # [1, Hq, n, D]
+        if context == n:
+            kb, vb = k[start:start + n], v[start:start + n]  # [n, Hkv, D]
+        else:
+            blocks = meta.block_tables[b:b + 1, : -(-context // k_cache.shape[1])]
+            kb, vb = gather_pages(k_cache, blocks)[0, :context], gather_pages(v_cache, blocks)[0, :context]
+        kb = kb.repeat_interleave(group, dim=1).transpose(0, 1)[None]  # [1, Hq, context, D]
+        vb = vb.repeat_interleave(group, dim=1).transpose(0, 1)[None]
+        if context == n:
+            ob = _attend(qb, kb, vb, None, scale, use_sdpa, is_causal=True)
+        else:
+            # bottom-right causal: new token i (absolute position context - n + i) sees keys up to itself
+            rows = torch.arange(n, device=q.device)[:, None] + (context - n)
+            mask = torch.arange(context, device=q.device)[None, :] <= rows
+            ob = _attend(qb, kb, vb, mask, scale, use_sdpa)
+        out[start:start + n] = ob[0].transpose(0, 1)
+        start += n
+    return out
+
+
+def _reference_decode(q, k_cache, v_cache, meta: AttentionMetadata, scale: float, use_sdpa: bool):
+    """All sequences at once: gather [B, M * bs] keys, mask what lies beyond each sequence's length."""
+    batch, q_heads, dim = q.shape
+    kv_heads = k_cache.shape[2]
+    k = gather_pages(k_cache, meta.block_tables).permute(0, 2, 1, 3)  # [B, Hkv, S, D]
+    v = gather_pages(v_cache, meta.block_tables).permute(0, 2, 1, 3)
+    # The query heads sharing a key/value head become that head's "query rows": [B, Hkv, group, D].
+    qg = q.view(batch, kv_heads, q_heads // kv_heads, dim)
+    positions = torch.arange(k.shape[2], device=q.device)
+    mask = (positions[None, :] < meta.seq_lens[:, None])[:, None, None, :]  # [B, 1, 1, S]
+    return _attend(qg, k, v, mask, scale, use_sdpa).reshape(batch, q_heads, dim)
+
+
+class PagedAttention:
+    """The attention callable a model runs with: stores k, v, then attends with the chosen backend."""
+
+    def __init__(self, implementation: AttentionImplementation, k_caches: list[torch.Tensor],
+                 v_caches: list[torch.Tensor], scale: float):
+        self.implementation = implementation
+        self.k_caches, self.v_caches = k_caches, v_caches
+        self.scale = scale
+        self.meta: AttentionMetadata | None = None
+        if implementation is AttentionImplementation.FLASH_ATTENTION_2:
+            from flash_attn import flash_attn_varlen_func, flash_attn_with_kvcache
+
+            self._fa_varlen, self._fa_kvcache = flash_attn_varlen_func, flash_attn_with_kvcache
+        elif implementation is AttentionImplementation.TRITON:
+            from ruvoninference.kernels.paged_attention import paged_decode_attention, paged_prefill_attention
+
+            self._triton_decode, self._triton_prefill = paged_decode_attention, paged_prefill_attention
+
+    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        meta, k_cache, v_cache = self.meta, self.k_caches[layer], self.v_caches[layer]
+        store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+        impl = self.implementation
+        if impl in (AttentionImplementation.EAGER, AttentionImplementation.SDPA):
+            use_sdpa = impl is AttentionImplementation.SDPA
+            if meta.is_prefill:
+                return _reference_prefill(q, k, v, k_cache, v_cache, meta, self.scale, use_sdpa)
+            return _reference_decode(q, k_cache, v_cache, meta, self.scale, use_sdpa)
+        if impl is AttentionImplementation.FLASH_ATTENTION_2:
+            if not meta.is_prefill:
+                return self._fa_kvcache(q[:, None], k_cache, v_cache, cache_seqlens=meta.seq_lens,
+                                        block_table=meta.block_tables, softmax_scale=self.scale, causal=True)[:, 0]
+            if not meta.has_prefix:
+                return self._fa_varlen(q, k, v, meta.cu_seqlens_q, meta.cu_seqlens_q, meta.max_seqlen_q,
+                                       meta.max_seqlen_q, softmax_scale=self.scale, causal=True)
+            return self._fa_varlen(q, k_cache, v_cache, meta.cu_seqlens_q, meta.cu_seqlens_k, meta.max_seqlen_q,
+                                   meta.max_seqlen_k, softmax_scale=self.scale, causal=True,
+                                   block_table=meta.block_tables)
+        if not meta.is_prefill:
+            return self._triton_decode(q, k_cache, v_cache, meta.block_tables, meta.seq_lens, sm_scale=self.scale)
+        return self._triton_prefill(q, k_cache, v_cache, meta.cu_seqlens_q, meta.seq_lens, meta.block_tables,
+                                    causal=True, sm_scale=self.scale)

@@ -1,0 +1,321 @@
+"""The engine: requests in, tokens out, one scheduler step at a time.
+
+    add_request(prompt, sampling) -> request_id      a Sequence joins the waiting queue
+    step() -> [StepOutput]                           schedule -> run the model -> sample -> postprocess
+    abort(request_id)                                its blocks are freed at once
+
+`step()` is the whole architecture in a few lines: the scheduler picks a prefill or a decode batch, the
+model runner turns it into tensors and logits, the sampler picks tokens (one host sync: reading them), and
+each sequence appends its token, checks its stop rules and, when finished, leaves the batch and gives its
+blocks back. `generate()` is the offline loop on top: add every prompt, step until all are done.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence as SequenceType
+from dataclasses import dataclass, field
+
+import torch
+
+from ruvoninference.attention import AttentionImplementation, check_implementation, parse_implementation
+from ruvoninference.attention.paged import FLASH_ATTENTION_BLOCK_SIZE, default_block_size
+from ruvoninference.config import resolve_device, resolve_dtype
+from ruvoninference.engine.block_manager import BlockManager
+from ruvoninference.engine.kv_cache import allocate_kv_cache, bytes_per_block
+from ruvoninference.engine.model_runner import GATHERING, ModelRunner
+from ruvoninference.engine.scheduler import ScheduledBatch, Scheduler
+from ruvoninference.engine.sequence import Sequence, SequenceStatus, new_request_id
+from ruvoninference.errors import RuvonError
+from ruvoninference.models import ModelBundle, load_model
+from ruvoninference.sampling import SamplingParams, TokenLogprob, sample
+from ruvoninference.weights import ProgressCallback
+
+CPU_KV_CACHE_BYTES = 1 << 30  # the CPU default: a laptop's memory is shared with everything else
+GPU_MEMORY_UTILIZATION = 0.9  # share of the GPU the engine may fill: weights, activations, then KV cache
+
+
+@dataclass
+class StepOutput:
+    request_id: str
+    new_token_ids: list[int]
+    new_text: str
+    finished: bool
+    finish_reason: str | None
+    new_logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    text: str
+    logprobs: list[TokenLogprob] | None
+    finish_reason: str | None
+    num_cached_tokens: int
+    arrival_time: float
+    first_token_time: float | None
+    finish_time: float | None
+
+    @property
+    def time_to_first_token_s(self) -> float | None:
+        return None if self.first_token_time is None else self.first_token_time - self.arrival_time
+
+
+class Engine:
+    def __init__(
+        self,
+        model: str | ModelBundle = "smollm2-135m",
+        attn: str | AttentionImplementation = "sdpa",
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        max_batch_size: int = 32,
+        block_size: int | None = None,
+        scheduler: str = "continuous",
+        max_num_batched_tokens: int | None = None,
+        kv_cache_memory: int | None = None,
+        max_model_len: int | None = None,
+        enforce_eager: bool = False,
+        enable_prefix_caching: bool = True,
+        progress: ProgressCallback | None = None,
+    ):
+        self.attn = parse_implementation(attn)
+        if isinstance(model, ModelBundle):
+            self.device, self.dtype = model.device, model.dtype
+        else:
+            self.device = resolve_device(device)
+            self.dtype = resolve_dtype(dtype, self.device)
+        check_implementation(self.attn, self.device, self.dtype)
+        self.block_size = block_size or default_block_size(self.attn)
+        _check_block_size(self.block_size, self.attn)
+        if max_batch_size < 1:
+            raise RuvonError(f"The maximum batch size must be at least 1, not {max_batch_size}.")
+        self.bundle = model if isinstance(model, ModelBundle) else load_model(model, self.device, self.dtype, progress)
+        self.tokenizer = self.bundle.tokenizer
+        self.context_length = min(max_model_len or self.bundle.context_length, self.bundle.context_length)
+        self.max_batch_size = max_batch_size
+        self.max_num_batched_tokens = max_num_batched_tokens or (8192 if self.device.type == "cuda" else 2048)
+        self.use_cuda_graphs = self.device.type == "cuda" and not enforce_eager
+        if progress:
+            progress("Sizing the KV cache", 0, 1)
+        num_blocks = self._num_blocks(kv_cache_memory)
+        self.kv_cache = allocate_kv_cache(self.bundle.config, num_blocks, self.block_size, self.device, self.dtype)
+        self.block_manager = BlockManager(num_blocks, self.block_size, enable_prefix_caching)
+        self.scheduler = Scheduler(self.block_manager, scheduler, max_batch_size, self.max_num_batched_tokens)
+        self.runner = ModelRunner(self.bundle, self.attn, self.kv_cache, max_batch_size, self.context_length,
+                                  self.use_cuda_graphs)
+        if self.use_cuda_graphs and self.attn not in GATHERING:
+            self.runner.capture_all(progress)
+        self._seqs: dict[str, Sequence] = {}
+        self.num_prefill_tokens = 0  # tokens computed in prefill steps (a prefix-cache hit saves some)
+        self.num_steps = 0
+
+    # -- sizing ---------------------------------------------------------------------------------------
+
+    def _num_blocks(self, kv_cache_memory: int | None) -> int:
+        per_block = bytes_per_block(self.bundle.config, self.block_size, self.dtype)
+        if kv_cache_memory is not None:
+            budget = kv_cache_memory
+        elif self.device.type == "cuda":
+            budget = self._gpu_budget()
+        else:
+            wanted = self.max_batch_size * self.context_length * self.bundle.config.kv_bytes_per_token(self.dtype)
+            budget = min(CPU_KV_CACHE_BYTES, wanted)
+        num_blocks = int(budget // per_block)
+        if num_blocks < 1:
+            raise RuvonError(
+                f"The KV cache budget ({budget / 2**20:,.1f} MiB) holds no block of {self.block_size} tokens "
+                f"({per_block / 2**20:,.2f} MiB); give more memory (--kv-cache-memory) or a smaller block size."
+            )
+        return num_blocks
+
+    def _gpu_budget(self) -> float:
+        """What is left for the cache once weights and a worst-case prefill step's activations are in."""
+        config = self.bundle.config
+        tokens = min(self.max_num_batched_tokens, self.max_batch_size * self.context_length)
+        seq_len = min(self.context_length, tokens)
+        n_seqs = max(1, tokens // seq_len)
+        per_seq = -(-seq_len // self.block_size)
+        scratch = allocate_kv_cache(config, n_seqs * per_seq, self.block_size, self.device, self.dtype)
+        runner = ModelRunner(self.bundle, self.attn, scratch, self.max_batch_size, self.context_length, False)
+        seqs = []
+        for i in range(n_seqs):
+            seq = Sequence(f"profile-{i}", [0] * seq_len, SamplingParams(), frozenset())
+            seq.block_table = list(range(i * per_seq, (i + 1) * per_seq))
+            seqs.append(seq)
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        runner.run(ScheduledBatch(True, seqs, [seq_len] * n_seqs))
+        torch.cuda.synchronize(self.device)
+        activations = torch.cuda.max_memory_allocated(self.device) - before
+        del runner, scratch
+        torch.cuda.empty_cache()
+        free, total = torch.cuda.mem_get_info(self.device)
+        return free - (1 - GPU_MEMORY_UTILIZATION) * total - activations
+
+    # -- requests -------------------------------------------------------------------------------------
+
+    def encode(self, prompt: str | SequenceType[int]) -> list[int]:
+        if isinstance(prompt, str):
+            ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        else:
+            ids = [int(t) for t in prompt]
+            vocab = self.bundle.config.vocab_size
+            bad = [t for t in ids if not 0 <= t < vocab]
+            if bad:
+                raise RuvonError(f"Token id {bad[0]} is outside the model's vocabulary (0 to {vocab - 1}).")
+        if not ids:
+            raise RuvonError("The prompt is empty; give some text to continue.")
+        return ids
+
+    def check_request(self, prompt_ids: list[int], sampling: SamplingParams) -> None:
+        """Raise a one-sentence RuvonError for a request that could never run."""
+        total = len(prompt_ids) + sampling.max_tokens
+        if total > self.context_length:
+            raise RuvonError(
+                f"The prompt is {len(prompt_ids)} tokens and {sampling.max_tokens} more were asked for, but the "
+                f"model's context is {self.context_length} tokens; shorten the prompt or ask for fewer tokens."
+            )
+        needed = self.block_manager.blocks_for(total)
+        if needed > self.block_manager.num_blocks:
+            raise RuvonError(
+                f"The request needs {needed} KV-cache blocks ({total} tokens) but the cache has "
+                f"{self.block_manager.num_blocks}; give the cache more memory (--kv-cache-memory) or ask for "
+                f"fewer tokens."
+            )
+
+    def add_request(self, prompt: str | SequenceType[int], sampling: SamplingParams = SamplingParams(),
+                    request_id: str | None = None) -> str:
+        ids = self.encode(prompt)
+        self.check_request(ids, sampling)
+        request_id = request_id or new_request_id()
+        if request_id in self._seqs:
+            raise RuvonError(f"Request id '{request_id}' is already in use; give a new one.")
+        eos = frozenset() if sampling.ignore_eos else self.bundle.eos_token_ids
+        seq = Sequence(request_id, ids, sampling, eos, generator=sampling.make_generator(self.device))
+        self._seqs[request_id] = seq
+        self.scheduler.add(seq)
+        return request_id
+
+    def abort(self, request_id: str) -> None:
+        seq = self._seqs.pop(request_id, None)
+        if seq is not None:
+            self.scheduler.finish(seq, "abort")
+            seq.finish_time = time.perf_counter()
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.scheduler.running)
+
+    def sequence(self, request_id: str) -> Sequence | None:
+        return self._seqs.get(request_id)
+
+    # -- the step -------------------------------------------------------------------------------------
+
+    def step(self) -> list[StepOutput]:
+        batch = self.scheduler.schedule()
+        if batch is None:
+            return []
+        logits, producing = self.runner.run(batch)
+        self.num_steps += 1
+        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+            seq.num_computed_tokens += n
+            self.block_manager.commit_full_blocks(seq)
+        if batch.is_prefill:
+            self.num_prefill_tokens += batch.num_tokens
+        if not producing:
+            return []
+        seqs = [batch.seqs[i] for i in producing]
+        sampled = sample(logits, [s.sampling for s in seqs], [s.generator for s in seqs])
+        tokens, logprobs, top_ids, top_lps = _to_host(sampled)  # the one host sync of the step
+        now = time.perf_counter()
+        outputs = []
+        for row, seq in enumerate(seqs):
+            lp = None
+            if seq.sampling.logprobs is not None:
+                n = seq.sampling.logprobs
+                top = list(zip(top_ids[row][:n], top_lps[row][:n])) if n else []
+                lp = TokenLogprob(tokens[row], logprobs[row], top)
+            if seq.first_token_time is None:
+                seq.first_token_time = now
+            delta = seq.append_token(tokens[row], lp, self.tokenizer)
+            if seq.finish_reason is not None:
+                self.scheduler.finish(seq, seq.finish_reason)
+                self._seqs.pop(seq.request_id, None)
+                seq.finish_time = now
+            outputs.append(StepOutput(seq.request_id, [tokens[row]], delta, seq.finished, seq.finish_reason,
+                                      [lp] if lp is not None else []))
+        return outputs
+
+    # -- offline ----------------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompts: str | SequenceType[str] | SequenceType[SequenceType[int]],
+        sampling: SamplingParams | SequenceType[SamplingParams] = SamplingParams(),
+        on_output: Callable[[StepOutput], None] | None = None,
+    ) -> list[RequestOutput]:
+        """Run every prompt to completion; outputs in the order of the prompts."""
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        params = [sampling] * len(prompts) if isinstance(sampling, SamplingParams) else list(sampling)
+        if len(params) != len(prompts):
+            raise RuvonError(f"Got {len(params)} sampling settings for {len(prompts)} prompts; give one or one each.")
+        encoded = [self.encode(p) for p in prompts]
+        for ids, p in zip(encoded, params):  # every request is checked before any runs
+            self.check_request(ids, p)
+        ids = [self.add_request(e, p) for e, p in zip(encoded, params)]
+        seqs = [self._seqs[i] for i in ids]
+        while any(not s.finished for s in seqs):
+            for out in self.step():
+                if on_output is not None:
+                    on_output(out)
+        return [_request_output(s) for s in seqs]
+
+
+def _check_block_size(block_size: int, attn: AttentionImplementation) -> None:
+    if block_size < 16 or block_size & (block_size - 1):
+        raise RuvonError(f"The block size must be a power of two of at least 16, not {block_size}.")
+    if attn is AttentionImplementation.FLASH_ATTENTION_2 and block_size % FLASH_ATTENTION_BLOCK_SIZE:
+        raise RuvonError(
+            f"FlashAttention-2's paged KV cache needs a block size that is a multiple of "
+            f"{FLASH_ATTENTION_BLOCK_SIZE}, not {block_size}; leave --block-size out or pass 256."
+        )
+
+
+def _to_host(sampled) -> tuple[list[int], list[float], list[list[int]], list[list[float]]]:
+    """Copy the step's draws to the host in one transfer (token ids are exact in float64)."""
+    parts = [sampled.tokens.double()[:, None], sampled.logprobs.double()[:, None]]
+    if sampled.top_ids is not None:
+        parts += [sampled.top_ids.double(), sampled.top_logprobs.double()]
+    rows = torch.cat(parts, dim=1).tolist()
+    n = 0 if sampled.top_ids is None else sampled.top_ids.shape[1]
+    tokens = [int(r[0]) for r in rows]
+    logprobs = [r[1] for r in rows]
+    top_ids = [[int(t) for t in r[2:2 + n]] for r in rows]
+    top_lps = [r[2 + n:] for r in rows]
+    return tokens, logprobs, top_ids, top_lps
+
+
+def _request_output(seq: Sequence) -> RequestOutput:
+    return RequestOutput(
+        request_id=seq.request_id,
+        prompt_token_ids=seq.prompt_token_ids,
+        token_ids=seq.output_token_ids,
+        text=seq.text,
+        logprobs=seq.logprobs if seq.sampling.logprobs is not None else None,
+        finish_reason=seq.finish_reason,
+        num_cached_tokens=seq.num_cached_tokens,
+        arrival_time=seq.arrival_time,
+        first_token_time=seq.first_token_time,
+        finish_time=seq.finish_time,
+    )

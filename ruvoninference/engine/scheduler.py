@@ -1,0 +1,140 @@
+"""The scheduler: each step, which sequences run, and how many of their tokens.
+
+Two queues: `waiting` (admitted by `add`, or preempted) and `running` (holding cache blocks). Each step is
+one of two kinds, never a mix:
+
+- a **prefill** step, when any sequence needs one: first the running sequences whose prompt is only partly
+  computed (chunked prefill), then newcomers from the front of `waiting`, as long as the step's token budget
+  (`max_num_batched_tokens`), the batch size (`max_num_seqs`) and the free blocks allow. A long prompt is
+  cut into chunks of at most the budget, one chunk per step.
+- otherwise a **decode** step: every running sequence advances by one token. A sequence whose next token
+  crosses into a new block needs a free block; when none is left, the newest running sequence is preempted:
+  its blocks are freed and it goes back to the front of `waiting`, to be recomputed (prompt and generated
+  tokens alike) when blocks are free again.
+
+Sequences leave `running` the step they finish. The policy decides when newcomers may join:
+
+- `continuous` (default): whenever there is room, so the batch refills as sequences finish.
+- `static`: only once the whole batch has finished; a batch is formed (over as many prefill steps as the
+  budget needs) and runs to completion, as a simple batched server does.
+- `sequential`: one sequence at a time.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from ruvoninference.engine.block_manager import BlockManager
+from ruvoninference.engine.sequence import Sequence, SequenceStatus
+from ruvoninference.errors import RuvonError
+
+POLICIES = ("continuous", "static", "sequential")
+
+
+@dataclass
+class ScheduledBatch:
+    is_prefill: bool
+    seqs: list[Sequence]
+    num_new_tokens: list[int]  # tokens each sequence computes this step (1 each in decode)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.num_new_tokens)
+
+
+class Scheduler:
+    def __init__(self, block_manager: BlockManager, policy: str = "continuous", max_num_seqs: int = 32,
+                 max_num_batched_tokens: int = 2048):
+        if policy not in POLICIES:
+            raise RuvonError(f"Unknown scheduler '{policy}'; choose one of: {', '.join(POLICIES)}.")
+        if max_num_seqs < 1:
+            raise RuvonError(f"The maximum batch size must be at least 1, not {max_num_seqs}.")
+        if max_num_batched_tokens < 1:
+            raise RuvonError(f"The step's token budget must be at least 1, not {max_num_batched_tokens}.")
+        self.block_manager = block_manager
+        self.policy = policy
+        self.max_num_seqs = 1 if policy == "sequential" else max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.waiting: deque[Sequence] = deque()
+        self.running: deque[Sequence] = deque()
+        self.num_preemptions = 0
+        self._forming = True  # static policy: a batch is still being formed (no decode step yet)
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def _admissions_open(self) -> bool:
+        if self.policy == "static":
+            return self._forming or not self.running
+        return True
+
+    def schedule(self) -> ScheduledBatch | None:
+        budget = self.max_num_batched_tokens
+        seqs, counts = [], []
+        # 1. Running sequences whose prefill is unfinished continue it first.
+        for seq in self.running:
+            if budget == 0:
+                break
+            # One uncomputed token is decode-ready: a 1-token last chunk and a decode step are the same work.
+            if seq.num_uncomputed_tokens > 1:
+                n = min(seq.num_uncomputed_tokens, budget)
+                seqs.append(seq), counts.append(n)
+                budget -= n
+        # 2. Newcomers, in arrival order, while the budget, the batch size and the cache allow.
+        if self._admissions_open():
+            if not self.running:
+                self._forming = True
+            while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+                seq = self.waiting[0]
+                if not self.block_manager.can_allocate(seq):
+                    break
+                self.waiting.popleft()
+                self.block_manager.allocate(seq)
+                seq.status = SequenceStatus.RUNNING
+                self.running.append(seq)
+                n = min(seq.num_uncomputed_tokens, budget)
+                seqs.append(seq), counts.append(n)
+                budget -= n
+        if seqs:
+            return ScheduledBatch(True, seqs, counts)
+        if not self.running:
+            return None
+        # 3. Decode: every running sequence one token; preempt the newest when blocks run out.
+        self._forming = False
+        decode: list[Sequence] = []
+        for seq in list(self.running):
+            if seq.status is not SequenceStatus.RUNNING:
+                continue  # preempted below while making room for an older sequence
+            while not self.block_manager.can_append(seq):
+                victim = self.running[-1]
+                self.preempt(victim)
+                if victim is seq:
+                    break
+            else:
+                self.block_manager.append_slot(seq)
+                decode.append(seq)
+        if not decode:
+            return self.schedule()  # everything was preempted: admit again (the oldest fits alone)
+        return ScheduledBatch(False, decode, [1] * len(decode))
+
+    def preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self.block_manager.free(seq)
+        seq.status = SequenceStatus.WAITING
+        seq.num_computed_tokens = seq.num_cached_tokens = 0
+        self.waiting.appendleft(seq)
+        self.num_preemptions += 1
+
+    def finish(self, seq: Sequence, reason: str) -> None:
+        """Take a sequence out of whichever queue holds it and free its blocks."""
+        if seq.status is SequenceStatus.RUNNING:
+            self.running.remove(seq)
+            self.block_manager.free(seq)
+        elif seq.status is SequenceStatus.WAITING:
+            self.waiting.remove(seq)
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = seq.finish_reason or reason

@@ -1,0 +1,118 @@
+"""One request's state, independent of how it is batched.
+
+A `Sequence` is what a request becomes inside the engine: its tokens (prompt, then generated), how many of
+them already have keys and values in the cache, the cache blocks that hold them, its sampling parameters and
+random generator, and what it has produced so far (text, logprobs, finish reason).
+
+Every step processes the tokens `[num_computed_tokens, num_tokens)` of the sequences it schedules: a prefill
+processes the prompt (maybe in chunks, maybe after a prefix-cache hit); a decode processes the one token
+sampled last. After a preemption `num_computed_tokens` falls back to 0 and the next prefill recomputes
+prompt and generated tokens alike, so nothing a user was sent is lost.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+
+import torch
+
+from ruvoninference.sampling import SamplingParams, TokenLogprob
+
+
+class SequenceStatus(Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+_ids = itertools.count()
+
+
+def new_request_id() -> str:
+    return f"req-{next(_ids)}"
+
+
+@dataclass
+class Sequence:
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling: SamplingParams
+    eos_token_ids: frozenset[int]
+    generator: torch.Generator | None = None
+    token_ids: list[int] = field(default_factory=list)  # prompt + generated
+    num_computed_tokens: int = 0  # tokens whose keys and values are in the cache
+    num_cached_tokens: int = 0  # of those, how many came from the prefix cache at admission
+    num_hashed_blocks: int = 0  # full blocks already registered in the prefix cache
+    block_table: list[int] = field(default_factory=list)
+    status: SequenceStatus = SequenceStatus.WAITING
+    finish_reason: str | None = None  # "stop", "length" or "abort"
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    text: str = ""
+    arrival_time: float = field(default_factory=time.perf_counter)
+    first_token_time: float | None = None
+    finish_time: float | None = None
+    # Incremental detokenization: output[_prefix:_read] were already turned into text; they are decoded
+    # again only as context for the new tokens, so each step decodes a few tokens, not the whole output.
+    _prefix: int = 0
+    _read: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.token_ids:
+            self.token_ids = list(self.prompt_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens:]
+
+    @property
+    def num_output_tokens(self) -> int:
+        return self.num_tokens - self.num_prompt_tokens
+
+    @property
+    def num_uncomputed_tokens(self) -> int:
+        return self.num_tokens - self.num_computed_tokens
+
+    @property
+    def finished(self) -> bool:
+        return self.status is SequenceStatus.FINISHED
+
+    def _new_text(self, tokenizer) -> str:
+        """Text added by the tokens after _read, or "" while they end inside a multi-byte character."""
+        out = self.output_token_ids
+        done = tokenizer.decode(out[self._prefix:self._read], skip_special_tokens=True)
+        upto = tokenizer.decode(out[self._prefix:], skip_special_tokens=True)
+        last = len(out) >= self.sampling.max_tokens
+        if upto.endswith("\ufffd") and not last:  # a character still incomplete: hold it back
+            return ""
+        self._prefix, self._read = self._read, len(out)
+        return upto[len(done):]
+
+    def append_token(self, token: int, logprob: TokenLogprob | None, tokenizer) -> str:
+        """Record one sampled token, update the text, apply the stop rules; return the text it added."""
+        self.token_ids.append(token)
+        if logprob is not None:
+            self.logprobs.append(logprob)
+        if token in self.eos_token_ids and not self.sampling.ignore_eos:
+            self.finish_reason = "stop"
+            return ""
+        full = self.text + self._new_text(tokenizer)
+        for stop in self.sampling.stop:
+            cut = full.find(stop, max(0, len(self.text) - len(stop) + 1))
+            if cut != -1:
+                full, self.finish_reason = full[:cut], "stop"
+                break
+        if self.finish_reason is None and self.num_output_tokens >= self.sampling.max_tokens:
+            self.finish_reason = "length"
+        delta, self.text = full[len(self.text):], full
+        return delta
