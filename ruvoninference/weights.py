@@ -180,7 +180,7 @@ def _random_gpt2(attn_implementation: str, dtype: torch.dtype):
 
 
 def qwen3_random_config():
-    """The published Qwen3-0.6B config, with GPT-2's end-of-text token as BOS/EOS (its tokenizer is GPT-2's)."""
+    """The published Qwen3-0.6B config, with GPT-2's end-of-text token as BOS/EOS (the tokenizer is GPT-2's)."""
     from transformers import GPT2Tokenizer, Qwen3Config
 
     eos = GPT2Tokenizer.from_pretrained(str(gpt2_tokenizer_folder())).eos_token_id

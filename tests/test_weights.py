@@ -45,7 +45,7 @@ def test_qwen3_random_is_seeded_and_tied():
     assert first.lm_head.weight is first.model.embed_tokens.weight
     for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
-    assert first.model.rotary_emb.inv_freq.dtype == torch.float32  # recomputed after the meta build, as loaded
+    assert first.model.rotary_emb.inv_freq.dtype == torch.float32  # recomputed after the meta build
     assert torch.equal(first.model.rotary_emb.inv_freq, second.model.rotary_emb.inv_freq)
     assert tokenizer("Once upon a time", add_special_tokens=False)["input_ids"] == [7454, 2402, 257, 640]
 

@@ -1,8 +1,8 @@
 """The small pieces the three model families are built from.
 
 Every tensor here is flattened: T tokens of however many sequences, no batch dimension and no padding. The
-pieces keep no per-call state and allocate no constants in `forward`, so a forward pass is the same sequence of
-kernels for any input of the same shape (what CUDA-graph capture needs) and costs little Python per layer.
+pieces keep no per-call state and allocate no constants in `forward`, so a forward pass is the same sequence
+of kernels for any input of the same shape (what CUDA-graph capture needs) and costs little Python per layer.
 """
 
 from __future__ import annotations
@@ -32,8 +32,11 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.
 class RotaryEmbedding(nn.Module):
     """cos and sin of every (position, frequency) pair, computed once; a forward pass only indexes them.
 
-    transformers computes cos/sin in float32 and rounds them to the model's dtype; the buffers follow the
-    model's dtype for the same rounding. Llama's convention pairs dimension i with i + D/2 ("rotate half").
+    Llama's convention pairs dimension i with i + D/2 ("rotate half"): the pair (a, b) becomes
+    (a cos - b sin, b cos + a sin). The tables are stored over all D dimensions, cos as [cos, cos] and sin as
+    [-sin, sin], so the rotation is x * cos + swap_halves(x) * sin: three kernels. transformers computes
+    cos/sin in float32 and rounds them to the model's dtype; the buffers follow the model's dtype, rounding
+    the same way.
     """
 
     def __init__(self, config: ModelConfig):
@@ -43,18 +46,23 @@ class RotaryEmbedding(nn.Module):
         inv_freq = torch.tensor(config.rope_inv_freq, dtype=torch.float32, device="cpu")  # (D/2,)
         positions = torch.arange(config.max_position_embeddings, dtype=torch.float32, device="cpu")
         angles = torch.outer(positions, inv_freq)  # (P, D/2)
-        self.register_buffer("cos", angles.cos() * config.rope_attention_factor, persistent=False)
-        self.register_buffer("sin", angles.sin() * config.rope_attention_factor, persistent=False)
+        cos, sin = angles.cos() * config.rope_attention_factor, angles.sin() * config.rope_attention_factor
+        self.register_buffer("cos", torch.cat((cos, cos), dim=-1), persistent=False)  # (P, D)
+        self.register_buffer("sin", torch.cat((-sin, sin), dim=-1), persistent=False)  # (P, D)
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # (T,) -> two (T, 1, D/2), broadcasting over heads
+        # (T,) -> two (T, 1, D), broadcasting over heads
         return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate each (x_i, x_{i+D/2}) pair by its angle: x (T, H, D), cos/sin (T, 1, D/2) -> (T, H, D)."""
-    x1, x2 = x.chunk(2, dim=-1)  # (T, H, D/2) each
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    """Rotate each (x_i, x_{i+D/2}) pair by its angle: x (T, H, D), cos/sin (T, 1, D) -> (T, H, D).
+
+    The same products and sums as transformers' `q * cos + rotate_half(q) * sin` (negation is exact), so the
+    results agree bit for bit.
+    """
+    swapped = x.roll(x.shape[-1] // 2, dims=-1)  # (x_{D/2..D}, x_{0..D/2})
+    return x * cos + swapped * sin
 
 
 class GeluMLP(nn.Module):

@@ -1,13 +1,46 @@
-"""A simple attention callable for testing the models: contiguous K/V per sequence, causal, in float64.
+"""What the model tests share: tiny random transformers models of each family, and a simple attention
+callable (contiguous K/V per sequence, causal, in float64).
 
-The fixture `reference_attention` hands the class to tests (pytest's importlib mode gives tests no package to
-import helpers from).
+Fixtures hand them to tests (pytest's importlib mode gives tests no package to import helpers from): a test
+that takes `tiny_name` runs once per tiny config, `tiny_transformers(name)` builds that model, and
+`reference_attention` is the attention class.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen3Config
+
+TINY_CONFIGS = {
+    "gpt2": GPT2Config(n_layer=2, n_head=4, n_embd=64, vocab_size=256, n_positions=64),
+    "llama-gqa-untied": LlamaConfig(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=256, max_position_embeddings=64, tie_word_embeddings=False,
+    ),
+    "llama-bias-llama3-rope": LlamaConfig(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
+        vocab_size=256, max_position_embeddings=64, tie_word_embeddings=True, attention_bias=True, mlp_bias=True,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
+    ),
+    "qwen3-gqa": Qwen3Config(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=32, vocab_size=256, max_position_embeddings=64, tie_word_embeddings=True,
+    ),
+}  # fmt: skip
+
+
+def tiny_transformers_model(name: str) -> torch.nn.Module:
+    """A transformers model of TINY_CONFIGS[name] with every parameter (norms, biases) seeded at random."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        hf = AutoModelForCausalLM.from_config(TINY_CONFIGS[name], attn_implementation="eager")
+        with torch.no_grad():
+            for param in hf.parameters():
+                noise = torch.randn_like(param)
+                param.copy_(1 + 0.2 * noise if param.ndim == 1 else 0.1 * noise)
+    return hf.eval()
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -22,12 +55,12 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
 
 
 class ReferenceAttention:
-    """Keeps a growing K/V history per (sequence, layer); `run` says which sequences a call's tokens belong to."""
+    """A growing K/V history per (sequence, layer); `run` says which sequences a call's tokens belong to."""
 
     def __init__(self, scale: float):
         self.scale = scale
         self.history: dict[tuple[object, int], tuple[torch.Tensor, torch.Tensor]] = {}
-        self.chunks: list[tuple[object, int]] = []  # (sequence id, new tokens) in the order they are flattened
+        self.chunks: list[tuple[object, int]] = []  # (sequence id, new tokens), in flattening order
         self.calls = 0
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -56,6 +89,16 @@ class ReferenceAttention:
         return model.compute_logits(hidden)  # (T, V)
 
 
-@pytest.fixture
+def pytest_generate_tests(metafunc):
+    if "tiny_name" in metafunc.fixturenames:
+        metafunc.parametrize("tiny_name", list(TINY_CONFIGS), scope="module")
+
+
+@pytest.fixture(scope="session")
+def tiny_transformers():
+    return tiny_transformers_model
+
+
+@pytest.fixture(scope="session")
 def reference_attention():
     return ReferenceAttention

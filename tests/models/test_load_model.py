@@ -1,4 +1,4 @@
-"""load_model on the embedded models: the weight mapping on the real checkpoints, the bundle's facts, errors."""
+"""load_model on the embedded models: the weight mapping on real checkpoints, the bundle's facts, errors."""
 
 import pytest
 import torch
@@ -29,7 +29,8 @@ def test_real_checkpoints_match_transformers(which, request, reference_attention
     with torch.no_grad():
         expected = hf(torch.tensor([ids])).logits[0]  # (T, V)
     attention = reference_attention(bundle.config.attn_scale)
-    got = [attention.run(bundle.model, [("a", ids[:-2])])] + [attention.run(bundle.model, [("a", [t])]) for t in ids[-2:]]
+    got = [attention.run(bundle.model, [("a", ids[:-2])])]
+    got += [attention.run(bundle.model, [("a", [token])]) for token in ids[-2:]]
     torch.testing.assert_close(torch.cat(got), expected, rtol=1e-4, atol=2e-4)
 
 
@@ -37,7 +38,8 @@ def test_gpt2_random_bundle(gpt2_bundle):
     b = gpt2_bundle
     assert (b.name, b.config.family, b.random_weights) == ("gpt2-random", "gpt2", True)
     assert b.context_length == 1024 and b.eos_token_ids == frozenset({50256})
-    assert (b.config.num_layers, b.config.num_heads, b.config.num_kv_heads, b.config.head_dim) == (12, 12, 12, 64)
+    c = b.config
+    assert (c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim) == (12, 12, 12, 64)
     # 124,439,808 in transformers, where the 12 causal-mask buffers are not parameters either
     assert sum(p.numel() for p in b.model.parameters()) == 124_439_808
     assert not b.model.training and all(p.dtype == torch.float32 for p in b.model.parameters())
@@ -77,7 +79,7 @@ def test_qwen3_random_bundle_is_the_published_shape_with_seeded_weights():
 
 
 def test_unsupported_family_is_a_user_error_before_weights_load(tmp_path):
-    OPTConfig(num_hidden_layers=1, hidden_size=16, ffn_dim=32, num_attention_heads=2).save_pretrained(tmp_path)
+    OPTConfig(num_hidden_layers=1, hidden_size=16, num_attention_heads=2).save_pretrained(tmp_path)
     with pytest.raises(RuvonError, match=r"'opt' is not supported.*gpt2, llama, qwen3"):
         load_model(str(tmp_path))
 
@@ -92,7 +94,7 @@ def test_unknown_models_give_the_weights_errors():
 @pytest.mark.parametrize(
     "hf_config, what",
     [
-        (LlamaConfig(rope_parameters={"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}), "RoPE type"),
+        (LlamaConfig(rope_parameters={"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}), "RoPE"),
         (Qwen3Config(use_sliding_window=True, sliding_window=128), "sliding-window"),
         (LlamaConfig(hidden_act="gelu"), "activation"),
     ],

@@ -1,45 +1,22 @@
 """Our model code against transformers' on tiny random models of each family, in fp32.
 
 Every parameter (norms and biases too) is randomized, so a swapped or mis-transposed tensor shows. The
-attention is the float64 reference in conftest.py; the engine's paged backends are tested against it elsewhere.
+attention is the float64 reference in conftest.py; the engine's paged backends are tested against it
+elsewhere.
 """
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen3Config
 
 from ruvoninference.models import from_transformers
 
-TINY = {
-    "gpt2": GPT2Config(n_layer=2, n_head=4, n_embd=64, vocab_size=256, n_positions=64),
-    "llama-gqa-untied": LlamaConfig(
-        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        vocab_size=256, max_position_embeddings=64, tie_word_embeddings=False,
-    ),
-    "llama-bias-llama3-rope": LlamaConfig(
-        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
-        vocab_size=256, max_position_embeddings=64, tie_word_embeddings=True, attention_bias=True, mlp_bias=True,
-        rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
-                         "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
-    ),
-    "qwen3-gqa": Qwen3Config(
-        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        head_dim=32, vocab_size=256, max_position_embeddings=64, tie_word_embeddings=True,
-    ),
-}  # fmt: skip
 PROMPT = [5, 17, 200, 3, 99, 42, 7, 128, 64, 1, 250]
 
 
-@pytest.fixture(scope="module", params=list(TINY))
-def pair(request):
-    """(transformers model, our model) holding the same random weights."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        hf = AutoModelForCausalLM.from_config(TINY[request.param], attn_implementation="eager", dtype=torch.float32)
-        with torch.no_grad():
-            for param in hf.parameters():
-                param.copy_(1 + 0.2 * torch.randn_like(param) if param.ndim == 1 else 0.1 * torch.randn_like(param))
-    hf.eval()
+@pytest.fixture(scope="module")
+def pair(tiny_name, tiny_transformers):
+    """(transformers model, our model) with the same random weights, for each of conftest's tiny configs."""
+    hf = tiny_transformers(tiny_name)
     return hf, from_transformers(hf, "cpu", torch.float32)
 
 
