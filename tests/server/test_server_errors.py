@@ -87,7 +87,13 @@ def test_disconnect_mid_stream_aborts_and_frees_blocks(gpt2_server):
                 chunks += 1
             if chunks == 3:
                 break
-        during = httpx.get(metrics_url).text
+        deadline = time.monotonic() + 10  # the gauges are set after each engine step: give it a step or two
+        while time.monotonic() < deadline:
+            during = httpx.get(metrics_url).text
+            if _metric(during, "ruvon_num_requests_running") == 1:
+                break
+            time.sleep(0.05)
+        assert _metric(during, "ruvon_num_requests_running") == 1
         assert _metric(during, "ruvon_kv_cache_blocks_used") > 0
     # The connection is closed: within a few steps the request is aborted and its blocks are free again,
     # long before 900 tokens could have been generated.
