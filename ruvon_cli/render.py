@@ -97,7 +97,7 @@ def benchmark_table(report: dict, detailed: bool) -> RenderableType:
     """
     cfg, rows = report["config"], report["rows"]
     main = Table(
-        title=f"{cfg['model']} · {cfg['max_new_tokens']} new tokens · {cfg['dtype']} · "
+        title=f"{cfg['model']} · {cfg.get('max_tokens', cfg.get('max_new_tokens'))} new tokens · {cfg['dtype']} · "
         f"median of {cfg['repeats']} after {cfg['warmup']} warm-up",
         caption=f"peak MiB: {_memory_kind(rows)} · {environment_line(report['environment'])}",
     )

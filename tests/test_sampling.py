@@ -2,11 +2,12 @@ import pytest
 import torch
 
 from ruvoninference.errors import RuvonError
-from ruvoninference.sampling import SamplingParams, filter_logits, sample_next
+from ruvoninference.sampling import SamplingParams, filter_logits, sample
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"temperature": -0.1}, {"temperature": float("nan")}, {"top_k": -1}, {"top_p": 0.0}, {"top_p": 1.5}]
+    "kwargs", [{"temperature": -0.1}, {"temperature": float("nan")}, {"top_k": -1}, {"top_p": 0.0}, {"top_p": 1.5},
+               {"max_tokens": 0}, {"logprobs": -1}, {"logprobs": 21}]
 )
 def test_bad_values_are_user_errors(kwargs):
     with pytest.raises(RuvonError):
@@ -16,7 +17,8 @@ def test_bad_values_are_user_errors(kwargs):
 def test_greedy_takes_argmax_and_reports_model_logprob():
     logits = torch.randn(3, 50)
     params = [SamplingParams()] * 3
-    tokens, logprobs = sample_next(logits, params, [None] * 3)
+    drawn = sample(logits, params, [None] * 3)
+    tokens, logprobs = drawn.tokens, drawn.logprobs
     assert torch.equal(tokens, logits.argmax(-1))
     expected = logits.log_softmax(-1).gather(-1, tokens[:, None])[:, 0]
     assert torch.allclose(logprobs, expected)
@@ -46,7 +48,7 @@ def test_seeded_sampling_repeats_and_differs_across_seeds():
     def draw(seed):
         p = SamplingParams(temperature=1.0, seed=seed)
         gen = p.make_generator(torch.device("cpu"))
-        return [sample_next(logits, [p], [gen])[0].item() for _ in range(20)]
+        return [sample(logits, [p], [gen]).tokens.item() for _ in range(20)]
 
     assert draw(1) == draw(1)
     assert draw(1) != draw(2)
@@ -56,5 +58,18 @@ def test_temperature_sharpens_towards_greedy():
     logits = torch.tensor([[2.0, 1.0, 0.0]])
     p = SamplingParams(temperature=0.05, seed=0)
     gen = p.make_generator(torch.device("cpu"))
-    picks = [sample_next(logits, [p], [gen])[0].item() for _ in range(50)]
+    picks = [sample(logits, [p], [gen]).tokens.item() for _ in range(50)]
     assert picks == [0] * 50
+
+
+def test_top_n_logprobs_are_sorted_and_only_when_asked():
+    logits = torch.randn(2, 30)
+    assert sample(logits, [SamplingParams()] * 2, [None] * 2).top_ids is None
+    drawn = sample(logits, [SamplingParams(logprobs=4), SamplingParams(logprobs=0)], [None] * 2)
+    expected = logits.log_softmax(-1).topk(4)
+    assert torch.equal(drawn.top_ids, expected.indices) and torch.allclose(drawn.top_logprobs, expected.values)
+
+
+def test_stop_accepts_one_string_and_drops_empty_ones():
+    assert SamplingParams(stop="END").stop == ("END",)
+    assert SamplingParams(stop=("", "x")).stop == ("x",)

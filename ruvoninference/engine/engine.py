@@ -23,7 +23,7 @@ from ruvoninference.attention.paged import FLASH_ATTENTION_BLOCK_SIZE, default_b
 from ruvoninference.config import resolve_device, resolve_dtype
 from ruvoninference.engine.block_manager import BlockManager
 from ruvoninference.engine.kv_cache import allocate_kv_cache, bytes_per_block
-from ruvoninference.engine.model_runner import GATHERING, ModelRunner
+from ruvoninference.engine.model_runner import ModelRunner
 from ruvoninference.engine.scheduler import ScheduledBatch, Scheduler
 from ruvoninference.engine.sequence import Sequence, SequenceStatus, new_request_id
 from ruvoninference.errors import RuvonError
@@ -105,7 +105,7 @@ class Engine:
         self.scheduler = Scheduler(self.block_manager, scheduler, max_batch_size, self.max_num_batched_tokens)
         self.runner = ModelRunner(self.bundle, self.attn, self.kv_cache, max_batch_size, self.context_length,
                                   self.use_cuda_graphs)
-        if self.use_cuda_graphs and self.attn not in GATHERING:
+        if self.use_cuda_graphs and self.attn is AttentionImplementation.FLASH_ATTENTION_2:
             self.runner.capture_all(progress)
         self._seqs: dict[str, Sequence] = {}
         self.num_prefill_tokens = 0  # tokens computed in prefill steps (a prefix-cache hit saves some)

@@ -7,9 +7,9 @@ forward pass become one launch, which is most of a small model's decode time at 
 reads its inputs from static buffers that each step fills; a batch of 5 runs in the 8-bucket with 3
 padding rows that write into the cache's scratch block and whose outputs are dropped.
 
-The gathering backends (eager, sdpa) read a block table as wide as the longest sequence, so their graphs
-are keyed by a power-of-two width too; FlashAttention-2 and our Triton kernels read only the blocks they
-need, so one width (the model's maximum) serves every step.
+The gathering backends (eager, sdpa) read a block table as wide as the longest sequence, and our Triton
+decode kernel splits the keys by the table's width, so their graphs are keyed by a power-of-two width too;
+FlashAttention-2 reads only the blocks it needs, so one width (the model's maximum) serves every step.
 
 Shapes: T = new tokens in the step, B = sequences, M = block-table width, V = vocabulary.
 """
@@ -120,7 +120,9 @@ class ModelRunner:
     # -- decode ---------------------------------------------------------------------------------------
 
     def _decode_width(self, seqs) -> int:
-        if self.implementation in GATHERING:
+        # Gathering backends copy the whole table's pages; our split-KV kernel sizes its splits from the
+        # table's width. Both want a width near the longest sequence: powers of two keep the graphs few.
+        if self.implementation in GATHERING or self.implementation is AttentionImplementation.TRITON:
             longest = max(-(-seq.num_tokens // self.block_size) for seq in seqs)
             return min(self.max_blocks, _next_power_of_two(longest)) if self.use_cuda_graphs else longest
         return self.max_blocks
@@ -160,6 +162,13 @@ class ModelRunner:
         )
 
     def _capture(self, bucket: int, width: int) -> _Graph:
+        # The warm-up runs for real and writes k, v at the static slots: point every row at the scratch block,
+        # or a capture made while sequences run would overwrite their cache.
+        self._input_ids.zero_()
+        self._positions.zero_()
+        self._slots.fill_(self.kv_cache.scratch_slot)
+        self._seq_lens.fill_(1)
+        self._block_tables.fill_(self.kv_cache.scratch_block)
         meta = self._graph_meta(bucket, width)
         ids, pos = self._input_ids[:bucket], self._positions[:bucket]
         # Warm up on a side stream (as torch.cuda.graphs asks): kernels compile and pick their
