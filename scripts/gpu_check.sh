@@ -24,8 +24,8 @@ done
 run() { echo "\$ $*" | tee -a "$R/commands.txt"; "$@"; echo "exit $?" | tee -a "$R/commands.txt"; }
 
 if [ "$stage" = engine ]; then
-  run python3 -m pytest -q -p no:cacheprovider tests/test_flash_attention_kernel.py tests/test_triton_backend.py \
-      tests/test_gpu_engine.py tests/test_attention.py 2>&1 | tee "$R/pytest-gpu.log"
+  run python3 -m pytest -q -p no:cacheprovider tests/kernels/test_flash_attention_kernel.py tests/test_triton_backend.py \
+      tests/test_attention.py 2>&1 | tee "$R/pytest-gpu.log"
   run python3 cli.py implementations 2>&1 | tee "$R/implementations.txt"
   run python3 cli.py benchmark --max-tokens 50 --detailed --baseline hf \
       --json "$R/benchmark-smollm2.json" --markdown "$R/benchmark-smollm2.md"
@@ -34,7 +34,7 @@ if [ "$stage" = engine ]; then
   run python3 cli.py flash --text "Once upon a time" --show-memory --json "$R/flash.json" --markdown "$R/flash.md"
   run python3 cli.py flash --text "test" --max-length 10 2>&1 | tee "$R/flash-short.txt"
 else
-  run python3 -m pytest -q -p no:cacheprovider tests/test_flash_attention_kernel.py tests/test_triton_backend.py \
+  run python3 -m pytest -q -p no:cacheprovider tests/kernels/test_flash_attention_kernel.py tests/test_triton_backend.py \
       2>&1 | tee "$R/pytest-kernel.log"
   run python3 cli.py kernel benchmark --json "$R/kernel.json" --markdown "$R/kernel.md" --plot "$R/kernel.png"
   if [ -n "${EXPLORE:-}" ]; then  # the opt-in TMA variant, for the notes
