@@ -10,13 +10,7 @@ stage=${1:?engine or kernel}
 OUT=${OUT:-$PWD/out}
 R=$OUT/r
 mkdir -p "$R"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 RUVON_CACHE_DIR=/tmp/ruvon-cache RUVON_SMOLLM2_GGUF=/tmp/g/model.gguf
-export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-for dir in .whl_small .whl; do
-  if ls "$dir"/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$dir"/*.whl
-  fi
-done
+source "$(dirname "$0")/device_env.sh"
 { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
   python3 -c 'import torch, transformers, triton; print(torch.__version__, transformers.__version__, triton.__version__)'
   python3 -c 'import flash_attn; print("flash_attn", flash_attn.__version__)'; } 2>&1 | tee "$R/device.txt"

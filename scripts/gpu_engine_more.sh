@@ -2,8 +2,7 @@
 # Second engine call: model GPU tests, triton throughput with width-bucketed graphs, schedulers at batch 16.
 set -uo pipefail
 OUT=${OUT:-$PWD/out}; R=$OUT/r; mkdir -p "$R"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 RUVON_CACHE_DIR=/tmp/ruvon-cache RUVON_SMOLLM2_GGUF=/tmp/g/model.gguf
-export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+source "$(dirname "$0")/device_env.sh"
 run() { echo "\$ $*" | tee -a "$R/commands.txt"; "$@"; echo "exit $?" | tee -a "$R/commands.txt"; }
 run python3 -m pytest -q -p no:cacheprovider tests/models/test_models_gpu.py 2>&1 | tail -5 | tee "$R/pytest-models-gpu.log"
 run python3 cli.py benchmark throughput --model qwen3-0.6b-random --dtype bfloat16 --attn triton \

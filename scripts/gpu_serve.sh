@@ -18,13 +18,7 @@ INPUT_LEN=${INPUT_LEN:-128}
 OUTPUT_LEN=${OUTPUT_LEN:-64}
 BATCH=${BATCH:-128}
 LEVELS=${LEVELS:-"1 8 32 64 128"}
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 RUVON_CACHE_DIR=/tmp/ruvon-cache RUVON_SMOLLM2_GGUF=/tmp/g/model.gguf
-export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-for dir in .whl_serve .whl_small .whl; do
-  if ls "$dir"/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$dir"/*.whl
-  fi
-done
+source "$(dirname "$0")/device_env.sh"
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   python3 -c 'import torch, fastapi, uvicorn, pydantic; print(torch.__version__, fastapi.__version__, uvicorn.__version__, pydantic.__version__)'
 } 2>&1 | tee "$R/device.txt"
