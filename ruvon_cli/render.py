@@ -107,7 +107,7 @@ def benchmark_table(report: dict, detailed: bool) -> RenderableType:
     main.add_column("= eager", justify="center")
     for r in rows:
         speed = "—" if r["speedup_vs_eager"] is None else f"{r['speedup_vs_eager']:.2f}x"
-        main.add_row(r["implementation"], num(r["tokens_per_s_median"]), num(_ms(r["ttft_median_s"])),
+        main.add_row(implementation_label(r["implementation"]), num(r["tokens_per_s_median"]), num(_ms(r["ttft_median_s"])),
                      num(_mib_value(r["peak_memory_bytes"]), ",.0f"), speed, _match_cell(r))
     if not detailed:
         return main
@@ -116,7 +116,7 @@ def benchmark_table(report: dict, detailed: bool) -> RenderableType:
     for col in ("median s", "tok/s min–max", "prefill tok/s", "decode tok/s"):
         detail.add_column(col, justify="right")
     for r in rows:
-        detail.add_row(r["implementation"], num(r["median_time_s"], ".3f"),
+        detail.add_row(implementation_label(r["implementation"]), num(r["median_time_s"], ".3f"),
                        f"{r['tokens_per_s_min']:.1f}–{r['tokens_per_s_max']:.1f}",
                        num(r["prefill_tokens_per_s"], ",.0f"), num(r["decode_tokens_per_s"]))
     return Group(main, detail)
@@ -128,6 +128,11 @@ def _ms(seconds: float | None) -> float | None:
 
 def _mib_value(nbytes: int | None) -> float | None:
     return None if nbytes is None else nbytes / 2**20
+
+
+def implementation_label(name: str) -> str:
+    """'hf_generate:flash_attention_2' -> 'HF flash_attention_2': the baseline rows fit a narrow terminal."""
+    return "HF " + name.removeprefix("hf_generate:") if name.startswith("hf_generate:") else name
 
 
 def skipped_lines(skipped: dict[str, str]) -> list[str]:

@@ -70,35 +70,39 @@ def _rows(runs: list[dict]) -> list[list[str]]:
         e = r["engine"]
         bw = e.get("decode_bandwidth_vs_copy")
         rows.append([
-            f"ours ({r['config']['scheduler']})", f"{e['output_tokens_per_s']:,.0f}", f"{e['total_tokens_per_s']:,.0f}",
+            r["config"]["scheduler"], f"{e['output_tokens_per_s']:,.0f}", f"{e['total_tokens_per_s']:,.0f}",
             f"{e['decode_steps'].get('p50_ms', 0):,.1f}", f"{e['decode_steps'].get('p99_ms', 0):,.1f}",
-            f"{e['kv_blocks_used_max']}/{e['kv_blocks_total']}", str(e["preemptions"]),
-            "—" if bw is None else f"{100 * bw:.0f}%",
+            str(e["kv_blocks_used_max"]), str(e["preemptions"]), "—" if bw is None else f"{100 * bw:.0f}%",
         ])
     hf = runs[-1].get("hf")
     if hf:
-        rows.append([f"HF: {hf['method']}", f"{hf['output_tokens_per_s']:,.0f}", f"{hf['total_tokens_per_s']:,.0f}",
+        rows.append(["HF", f"{hf['output_tokens_per_s']:,.0f}", f"{hf['total_tokens_per_s']:,.0f}",
                      "—", "—", "—", "—", "—"])
     return rows
 
 
-HEADERS = ["run", "out tok/s", "total tok/s", "decode p50 ms", "decode p99 ms", "KV blocks", "preempt",
-           "decode BW/copy"]
+HEADERS = ["scheduler", "out tok/s", "total tok/s", "decode p50 ms", "decode p99 ms", "KV blocks used", "preempted",
+           "decode BW / copy"]
+SHORT_HEADERS = ["run", "out\ntok/s", "total\ntok/s", "decode\np50 ms", "decode\np99 ms", "KV\nused", "pre-\nempt",
+                 "BW/\ncopy"]
 
 
 def render_table(runs: list[dict]):
     from rich.table import Table
 
     cfg = runs[0]["config"]
+    caption = [render.environment_line(runs[0]["environment"]),
+               f"KV blocks: {runs[0]['engine']['kv_blocks_total']} of {cfg['block_size']} tokens · "
+               "BW/copy: decode bytes/s over a device copy's"]
+    if runs[-1].get("hf"):
+        caption.append(f"HF: {runs[-1]['hf']['method']} · ours ({runs[-1]['config']['scheduler']}) / HF: "
+                       f"{runs[-1]['speedup_vs_hf']:.2f}x")
     table = Table(title=f"Throughput: {cfg['num_seqs']} requests, {cfg['model']} · {cfg['attn']} · "
-                        f"{cfg['device']} · {cfg['dtype']}",
-                  caption=render.environment_line(runs[0]["environment"]))
-    for h in HEADERS:
-        table.add_column(h, justify="left" if h == "run" else "right", overflow="fold")
+                        f"{cfg['device']} · {cfg['dtype']}", caption="\n".join(caption))
+    for h in SHORT_HEADERS:
+        table.add_column(h, justify="left" if h == "run" else "right")
     for row in _rows(runs):
         table.add_row(*row)
-    if runs[-1].get("speedup_vs_hf"):
-        table.caption += f"\nours ({runs[-1]['config']['scheduler']}) / HF: {runs[-1]['speedup_vs_hf']:.2f}x"
     return table
 
 
@@ -118,6 +122,8 @@ def to_markdown(data: dict) -> str:
         "|" + "---|" * len(HEADERS),
     ]
     lines += ["| " + " | ".join(row) + " |" for row in _rows(runs)]
+    if runs[-1].get("hf"):
+        lines.append(f"\nHF: {runs[-1]['hf']['method']}.")
     e = runs[-1]["engine"]
     if e.get("decode_bytes_per_s"):
         lines.append(f"\nDecode steps moved {e['decode_bytes_per_s'] / 1e9:,.1f} GB/s (weights + KV read); a "

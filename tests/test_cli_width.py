@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from ruvon_cli import render
+from ruvon_cli import render, throughput_cmd
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDTH = 80
@@ -41,6 +41,12 @@ SAVED_RESULTS = {
     "flash --show-memory, H200": ("h200-engine/flash.json",
                                   lambda d: render.scaling_table(d["memory_scaling"]["rows"], d["memory_scaling"]["memory"])),
     "kernel benchmark, H200": ("h200-kernel/kernel.json", lambda d: render.kernel_table(d, False)),
+    "engine benchmark --detailed --baseline hf, H200": ("h200-engine-core/batch1-smollm2-135m.json",
+                                                       lambda d: render.benchmark_table(d, True)),
+    "benchmark throughput --baseline hf, H200": ("h200-engine-core/throughput-qwen3-fa2.json",
+                                                lambda d: throughput_cmd.render_table(d["runs"])),
+    "benchmark throughput --scheduler x3, CPU": ("cpu-engine-core/schedulers-gpt2-random.json",
+                                                lambda d: throughput_cmd.render_table(d["runs"])),
     "kernel benchmark --detailed, H200": ("h200-kernel/kernel.json", lambda d: render.kernel_table(d, True)),
 }
 
