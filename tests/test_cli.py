@@ -23,11 +23,23 @@ def test_generate_streams_text_and_writes_json(tmp_path, smollm2_sdpa):
     r = cli("generate", "--text", "Once upon a time", "--max-length", "8", "--json", str(out))
     assert r.returncode == 0, r.stderr
     data = json.loads(out.read_text())
-    assert r.stdout.startswith(data["config"]["model"]) or "Once upon a time" + data["text"] in r.stdout
-    assert "Once upon a time" + data["text"] in r.stdout
-    assert len(data["token_ids"]) == data["stats"]["generated_tokens"] == 8
+    first = data["outputs"][0]
+    assert "Once upon a time" + first["text"] in r.stdout
+    assert len(first["token_ids"]) == data["stats"]["generated_tokens"] == data["config"]["max_tokens"] == 8
     assert data["environment"]["torch"] and data["stats"]["decode_tokens_per_s"] > 0
+    assert data["config"]["scheduler"] == "continuous" and data["config"]["num_kv_blocks"] > 0
     assert "time to first token" in r.stdout
+
+
+def test_generate_runs_several_prompts_as_a_batch(tmp_path):
+    out = tmp_path / "g.json"
+    r = cli("generate", "--text", "Hello there", "--text", "The capital of France is", "--model", "gpt2-random",
+            "--max-tokens", "5", "--ignore-eos", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    outputs = json.loads(out.read_text())["outputs"]
+    assert [len(o["token_ids"]) for o in outputs] == [5, 5]
+    assert all(o["finish_reason"] == "length" for o in outputs)
+    assert "Hello there" in r.stdout and "The capital of France is" in r.stdout
 
 
 def test_sampling_options_and_random_weight_label():
@@ -78,7 +90,8 @@ def test_benchmark_compares_backends_and_hf(tmp_path):
     assert r.returncode == 0, r.stderr
     data = json.loads(out.read_text())
     names = [row["implementation"] for row in data["rows"]]
-    assert names[:2] == ["eager", "sdpa"] and "hf_generate" in names
+    assert names[:2] == ["eager", "sdpa"] and {"hf_generate:eager", "hf_generate:sdpa"} <= set(names)
+    assert data["rows"][1]["speedup_vs_hf"] > 0
     sdpa = data["rows"][1]
     assert sdpa["matches_eager"] is True and len(sdpa["token_ids"]) == 4
     assert sdpa["tokens_per_s_min"] <= sdpa["tokens_per_s_median"] <= sdpa["tokens_per_s_max"]

@@ -120,11 +120,14 @@ class ModelRunner:
     # -- decode ---------------------------------------------------------------------------------------
 
     def _decode_width(self, seqs) -> int:
+        """The block-table width a decode step runs with (a CUDA graph's key together with the batch bucket)."""
+        longest = max(len(seq.block_table) for seq in seqs)
+        if not self.use_cuda_graphs:
+            return longest
         # Gathering backends copy the whole table's pages; our split-KV kernel sizes its splits from the
         # table's width. Both want a width near the longest sequence: powers of two keep the graphs few.
         if self.implementation in GATHERING or self.implementation is AttentionImplementation.TRITON:
-            longest = max(-(-seq.num_tokens // self.block_size) for seq in seqs)
-            return min(self.max_blocks, _next_power_of_two(longest)) if self.use_cuda_graphs else longest
+            return min(self.max_blocks, _next_power_of_two(longest))
         return self.max_blocks
 
     def _decode_inputs(self, seqs):
@@ -210,8 +213,14 @@ class ModelRunner:
         self._positions[:bucket].copy_(self._host(pos + [0] * pad, torch.long), non_blocking=True)
         self._slots[:bucket].copy_(self._host(slots + [scratch] * pad, torch.long), non_blocking=True)
         self._seq_lens[:bucket].copy_(self._host(lens + [1] * pad, torch.int32), non_blocking=True)
-        rows = self._block_table_rows(seqs, width) + [[self.kv_cache.scratch_block] * width] * pad
-        self._block_tables[:bucket, :width].copy_(self._host(rows, torch.int32), non_blocking=True)
+        # Only the columns some sequence uses are written: entries beyond a row's length are never read by
+        # FlashAttention-2 or our kernel, and the gathering backends mask them (they hold valid block ids or
+        # the scratch block). Building the full [bucket, max_blocks] table on the host cost milliseconds a step.
+        used = max(len(seq.block_table) for seq in seqs)
+        rows = self._block_table_rows(seqs, used)
+        self._block_tables[:n, :used].copy_(self._host(rows, torch.int32), non_blocking=True)
+        if pad:
+            self._block_tables[n:bucket, :1].fill_(self.kv_cache.scratch_block)
         graph = self._graphs[key]
         graph.graph.replay()
         return graph.logits[:n]
