@@ -117,12 +117,13 @@ def implementations(device: Device = None, dtype: Dtype = None) -> None:
     from rich.table import Table
 
     from ruvoninference.attention import ALL_IMPLEMENTATIONS, resolve_device, resolve_dtype, unavailable_reasons
+    from ruvoninference.config import dtype_name
     from ruvoninference.environment import describe
 
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     reasons = unavailable_reasons(dev)
-    table = Table(title=f"Attention implementations on {dev} ({str(torch_dtype).removeprefix('torch.')})",
+    table = Table(title=f"Attention implementations on {dev} ({dtype_name(torch_dtype)})",
                   caption=render.environment_line(describe(dev)))
     table.add_column("implementation")
     table.add_column("status")

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from ruvoninference.config import dtype_name
 from ruvoninference.stats import is_out_of_memory
 from ruvoninference.environment import describe
 from ruvoninference.kernels.flash_attention import flash_attention_triton, tma_requested
@@ -177,7 +178,7 @@ def run_benchmark(
         environment=describe("cuda"),
         config={
             "seq_lens": seq_lens, "head_dims": head_dims, "causal": list(causal_modes),
-            "dtype": str(dtype).removeprefix("torch."), "tokens_per_batch": TOKENS_PER_BATCH,
+            "dtype": dtype_name(dtype), "tokens_per_batch": TOKENS_PER_BATCH,
             "hidden": HIDDEN, "providers": names, "timing": "triton.testing.do_bench median, ms",
             "memory_batch": 1,
             "triton_tma": tma_requested(),
@@ -609,7 +610,7 @@ def run_paged_benchmark(
 
     cells = decode_cells(batches, kv_lens, heads) if "decode" in parts else []
     report = PagedReport(describe("cuda"), {
-        "parts": list(parts), "dtype": str(dtype).removeprefix("torch."), "batches": batches, "kv_lens": kv_lens,
+        "parts": list(parts), "dtype": dtype_name(dtype), "batches": batches, "kv_lens": kv_lens,
         "heads": [list(h) for h in heads], "max_cell_tokens": MAX_CELL_TOKENS, "decode_cells": len(cells),
         "prefill_seq_lens": prefill_seq_lens, "tokens_per_batch": TOKENS_PER_BATCH,
         "decode_timing": "triton.testing.do_bench_cudagraph median (CUDA-graph replays), microseconds",
