@@ -1,6 +1,5 @@
 """The Triton kernel inside a real transformers model, through AttentionInterface and its mask interface."""
 
-import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 

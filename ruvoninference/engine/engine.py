@@ -25,7 +25,7 @@ from ruvoninference.engine.block_manager import BlockManager
 from ruvoninference.engine.kv_cache import allocate_kv_cache, bytes_per_block
 from ruvoninference.engine.model_runner import ModelRunner
 from ruvoninference.engine.scheduler import ScheduledBatch, Scheduler
-from ruvoninference.engine.sequence import Sequence, SequenceStatus, new_request_id
+from ruvoninference.engine.sequence import Sequence, new_request_id
 from ruvoninference.errors import RuvonError
 from ruvoninference.models import ModelBundle, load_model
 from ruvoninference.sampling import SamplingParams, TokenLogprob, sample
