@@ -66,27 +66,26 @@ def generate(
     if streaming:
         console.print(text[0], end="", style="bold", highlight=False)
 
-    def on_output(out) -> None:
-        if streaming:
+    reset_peak_memory(engine.device)
+    start = time.perf_counter()
+    if streaming:
+        def stream(out) -> None:
             console.file.write(out.new_text)
             console.file.flush()
 
-    reset_peak_memory(engine.device)
-    start = time.perf_counter()
-    if not streaming:
+        outputs = engine.generate(prompt_ids, sampling, on_output=stream)
+        console.print()
+    else:  # a batch shows progress instead of interleaved streams
         with render.progress_bar() as progress:
             done = []
             progress(f"Generating {len(text)} sequences", 0, len(text))
 
-            def on_output(out) -> None:  # noqa: F811 (a batch shows progress instead of streaming)
+            def count(out) -> None:
                 if out.finished:
                     done.append(out)
                     progress(f"Generating {len(text)} sequences", len(done), len(text))
 
-            outputs = engine.generate(prompt_ids, sampling, on_output=on_output)
-    else:
-        outputs = engine.generate(prompt_ids, sampling, on_output=on_output)
-        console.print()
+            outputs = engine.generate(prompt_ids, sampling, on_output=count)
     end = time.perf_counter()
     peak, kind = peak_memory(engine.device)
     stats = generation_stats(outputs, start, end, peak, kind).to_dict()

@@ -190,6 +190,9 @@ class Engine:
                     request_id: str | None = None) -> str:
         ids = self.encode(prompt)
         self.check_request(ids, sampling)
+        return self._add(ids, sampling, request_id)
+
+    def _add(self, ids: list[int], sampling: SamplingParams, request_id: str | None = None) -> str:
         request_id = request_id or new_request_id()
         if request_id in self._seqs:
             raise RuvonError(f"Request id '{request_id}' is already in use; give a new one.")
@@ -273,7 +276,7 @@ class Engine:
         encoded = [self.encode(p) for p in prompts]
         for ids, p in zip(encoded, params):  # every request is checked before any runs
             self.check_request(ids, p)
-        ids = [self.add_request(e, p) for e, p in zip(encoded, params)]
+        ids = [self._add(e, p) for e, p in zip(encoded, params)]  # encoded and checked above
         seqs = [self._seqs[i] for i in ids]
         while any(not s.finished for s in seqs):
             for out in self.step():

@@ -90,8 +90,9 @@ class ModelRunner:
     # -- prefill --------------------------------------------------------------------------------------
 
     def _prepare_prefill(self, batch: ScheduledBatch):
-        input_ids, positions, slots, cu_q, cu_k, query_lens, context_lens, sample_rows = [], [], [], [0], [0], [], [], []
-        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+        input_ids, positions, slots, cu_q, cu_k, query_lens, context_lens = [], [], [], [0], [0], [], []
+        sample_rows, producing = [], []  # the token rows whose logits are sampled, and their sequences
+        for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens)):
             start, end = seq.num_computed_tokens, seq.num_computed_tokens + n
             input_ids += seq.token_ids[start:end]
             positions += range(start, end)
@@ -102,6 +103,7 @@ class ModelRunner:
             context_lens.append(end)
             if end == seq.num_tokens:  # the chunk that completes the sequence's tokens produces the next one
                 sample_rows.append(cu_q[-1] - 1)
+                producing.append(i)
         width = -(-max(context_lens) // self.block_size)
         meta = AttentionMetadata(
             is_prefill=True,
@@ -115,7 +117,7 @@ class ModelRunner:
             query_lens=query_lens,
             context_lens=context_lens,
         )
-        return self._tensor(input_ids, torch.long), self._tensor(positions, torch.long), meta, sample_rows
+        return self._tensor(input_ids, torch.long), self._tensor(positions, torch.long), meta, sample_rows, producing
 
     # -- decode ---------------------------------------------------------------------------------------
 
@@ -231,9 +233,7 @@ class ModelRunner:
     def run(self, batch: ScheduledBatch) -> tuple[torch.Tensor, list[int]]:
         """Logits [N, V] for the sequences that produce a token this step, and their indices in the batch."""
         if batch.is_prefill:
-            input_ids, positions, meta, rows = self._prepare_prefill(batch)
-            produce = [i for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens))
-                       if seq.num_computed_tokens + n == seq.num_tokens]
+            input_ids, positions, meta, rows, produce = self._prepare_prefill(batch)
             # A chunk that does not finish its prompt still runs: it fills the cache, it just samples nothing.
             logits = self._forward(input_ids, positions, meta, self._tensor(rows, torch.long))
             return (logits if rows else None), produce
