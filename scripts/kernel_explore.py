@@ -1,7 +1,9 @@
 """Time variants of our kernels, one JSON line per measurement (docs/benchmarks/kernel-notes.md).
 
   PYTHONPATH=. python3 scripts/kernel_explore.py [base] [tma]   # prefill kernel variants vs cuDNN
-  PYTHONPATH=. python3 scripts/kernel_explore.py --paged        # decode: tiles and split counts
+  PYTHONPATH=. python3 scripts/kernel_explore.py --paged        # decode: tiles and split counts, every cell
+  PYTHONPATH=. python3 scripts/kernel_explore.py --paged-ab     # decode: heuristic splits, tiles, grid order vs FA2
+  PYTHONPATH=. python3 scripts/kernel_explore.py --paged-prefill   # prefill over pages: tiles
 
 Prefill variants each run in their own process because the switches are read when the kernel is launched
 and the autotuner caches its choice per process. The paged sweep times, on a few decode cells, every tile
@@ -18,47 +20,191 @@ VARIANTS = {
     "base": {},
     "tma": {"RUVON_FLASH_TMA": "1"},
 }
-PAGED_CELLS = [(32, 8, 128, 1, 16384), (32, 8, 128, 8, 4096), (32, 8, 128, 64, 4096), (32, 8, 128, 1, 131072),
-               (32, 8, 128, 256, 1024), (9, 3, 64, 8, 16384)]
-PAGED_TILES = [(32, 4, 2), (64, 4, 2), (64, 4, 3), (64, 8, 2), (128, 4, 2), (128, 8, 3), (16, 4, 4)]
-PAGED_SPLITS = [1, 2, 4, 8, 16, 32, 64]
+PAGED_TILES = [(64, 4, 2), (64, 4, 3), (128, 4, 2)]  # (BLOCK_N, warps, stages) for decode
+PAGED_SPLITS = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512]
+PREFILL_TILES = [(128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 2), (128, 128, 8, 3), (64, 64, 4, 3),
+                 (64, 64, 4, 4), (128, 64, 8, 4)]  # (M, N, warps, stages)
+# Decode variants made by editing the kernel's source (so the module itself carries no switches).
+GRID_KV_HEAD_FIRST = [  # consecutive programs = the KV heads of one (sequence, split): neighbouring bytes
+    ("    batch = tl.program_id(0)\n    kv_head = tl.program_id(1)\n",
+     "    kv_head = tl.program_id(0)\n    batch = tl.program_id(1)\n"),
+    ("part_row = (batch * tl.num_programs(1) * QUERIES_PER_KV", "part_row = (batch * tl.num_programs(0) * QUERIES_PER_KV"),
+    ("_paged_decode_split[(batch, heads_kv, splits)]", "_paged_decode_split[(heads_kv, batch, splits)]"),
+]
 
 
-def paged_sweep() -> None:
+def variant_module(name: str, replacements: list[tuple[str, str]]):
+    """paged_attention.py with `replacements` applied, imported from a temporary file (Triton reads the source)."""
+    import importlib.util
+    import tempfile
+
+    from ruvoninference.kernels import paged_attention
+
+    src = open(paged_attention.__file__).read()
+    for old, new in replacements:
+        assert old in src, old
+        src = src.replace(old, new)
+    path = os.path.join(tempfile.mkdtemp(), f"{name}.py")
+    with open(path, "w") as f:
+        f.write(src)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+def paged_ab() -> None:
+    """Every decode cell at the heuristic's split count: tiles, and the grid order variant, beside FA2."""
     import torch
 
-    from ruvoninference.bench.kernels import _graph_time_us, shuffled_tables
-    from ruvoninference.kernels.paged_attention import Tile, choose_num_splits, decode_tile, paged_decode_attention
+    from ruvoninference.bench.kernels import (
+        DECODE_BATCHES, DECODE_HEADS, DECODE_KV_LENS, _graph_time_us, decode_cells, shuffled_tables)
+    from ruvoninference.kernels import paged_attention as base
 
-    for hq, hkv, d, batch, kv_len in PAGED_CELLS:
+    from flash_attn import flash_attn_with_kvcache
+
+    kv_first = variant_module("paged_kv_first", GRID_KV_HEAD_FIRST)
+    for hq, hkv, d, batch, kv_len in decode_cells(DECODE_BATCHES, DECODE_KV_LENS, DECODE_HEADS):
+        cell = f"{hq}/{hkv}x{d} b={batch} kv={kv_len}"
         pool_k = torch.randn(batch * kv_len, hkv, d, device="cuda", dtype=torch.bfloat16)
         pool_v = torch.randn_like(pool_k)
         q = torch.randn(batch, hq, d, device="cuda", dtype=torch.bfloat16)
         lens = torch.full((batch,), kv_len, dtype=torch.int32, device="cuda")
         kv_bytes = pool_k.numel() * 2 * 2
-        chosen = choose_num_splits(batch, hkv, kv_len, q.device)
+        tables = {size: shuffled_tables(batch, kv_len, size, "cuda") for size in (16, 256)}
+        out = torch.empty_like(q)
+        k, v = pool_k.view(-1, 256, hkv, d), pool_v.view(-1, 256, hkv, d)
+        runs = {"fa2": lambda: flash_attn_with_kvcache(q.unsqueeze(1), k, v, cache_seqlens=lens, block_table=tables[256])}
+        for tname, t in (("64x4x2", (64, 4, 2)), ("64x4x3", (64, 4, 3))):
+            for mname, mod in (("base", base), ("kv_first", kv_first)):
+                runs[f"ours256_{mname}_{tname}"] = (lambda mod=mod, t=t: mod.paged_decode_attention(
+                    q, k, v, tables[256], lens, out=out, tile=mod.Tile(*t)))
+        k16, v16 = pool_k.view(-1, 16, hkv, d), pool_v.view(-1, 16, hkv, d)
+        runs["ours16_base_64x4x2"] = lambda: base.paged_decode_attention(q, k16, v16, tables[16], lens, out=out)
+        for name, fn in runs.items():
+            us = _graph_time_us(fn, rep=30)
+            print(json.dumps({"cell": cell, "run": name, "us": round(us, 2), "gbps": round(kv_bytes / us / 1e3),
+                              "splits": base.choose_num_splits(batch, hkv, kv_len, q.device, d)}), flush=True)
+        del pool_k, pool_v, runs
+        torch.cuda.empty_cache()
+
+
+
+
+
+def paged_sweep() -> None:
+    """Every decode cell of the benchmark: FA2 once, ours at each tile x split count x page size."""
+    import torch
+
+    from ruvoninference.bench.kernels import (
+        DECODE_BATCHES, DECODE_HEADS, DECODE_KV_LENS, _graph_time_us, decode_cells, shuffled_tables)
+    from ruvoninference.kernels import paged_attention as pa
+    from ruvoninference.kernels.paged_attention import Tile, choose_num_splits, paged_decode_attention
+
+    try:
+        from flash_attn import flash_attn_with_kvcache
+    except ImportError:
+        flash_attn_with_kvcache = None
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for hq, hkv, d, batch, kv_len in decode_cells(DECODE_BATCHES, DECODE_KV_LENS, DECODE_HEADS):
+        cell = f"{hq}/{hkv}x{d} b={batch} kv={kv_len}"
+        pool_k = torch.randn(batch * kv_len, hkv, d, device="cuda", dtype=torch.bfloat16)
+        pool_v = torch.randn_like(pool_k)
+        q = torch.randn(batch, hq, d, device="cuda", dtype=torch.bfloat16)
+        lens = torch.full((batch,), kv_len, dtype=torch.int32, device="cuda")
+        kv_bytes = pool_k.numel() * 2 * 2
+        chosen = choose_num_splits(batch, hkv, kv_len, q.device, d)
+        tables = {size: shuffled_tables(batch, kv_len, size, "cuda") for size in (16, 256)}
+        if flash_attn_with_kvcache is not None:
+            k, v = pool_k.view(-1, 256, hkv, d), pool_v.view(-1, 256, hkv, d)
+            us = _graph_time_us(lambda: flash_attn_with_kvcache(q.unsqueeze(1), k, v, cache_seqlens=lens,
+                                                                block_table=tables[256]))
+            print(json.dumps({"cell": cell, "provider": "fa2", "us": round(us, 2)}), flush=True)
+        splits = [s for s in PAGED_SPLITS if batch * hkv * s <= 16 * sms and kv_len // s >= 64]
         for size in (16, 256):
             k, v = pool_k.view(-1, size, hkv, d), pool_v.view(-1, size, hkv, d)
-            tables = shuffled_tables(batch, kv_len, size, "cuda")
-            variants = [("tile", Tile(*t), None) for t in PAGED_TILES]
-            variants += [("splits", decode_tile(d), s) for s in PAGED_SPLITS]
-            for kind, tile, splits in variants:
-                try:
-                    us = _graph_time_us(lambda: paged_decode_attention(q, k, v, tables, lens, tile=tile,
-                                                                       num_splits=splits, max_seq_len=kv_len))
-                    status = "ok"
-                except Exception as exc:  # a tile that does not compile is a result too
-                    us, status = None, f"{type(exc).__name__}: {str(exc)[:100]}"
-                print(json.dumps({"cell": f"{hq}/{hkv}x{d} b={batch} kv={kv_len}", "block_size": size, "sweep": kind,
-                                  "tile": tile.describe(), "splits": splits or chosen, "heuristic_splits": chosen,
-                                  "us": us and round(us, 2), "gbps": us and round(kv_bytes / us / 1e3),
-                                  "status": status}), flush=True)
+            out = torch.empty_like(q)
+            for t in PAGED_TILES if size == 256 else PAGED_TILES[::2]:
+                tile = Tile(*t)
+                for s in splits:
+                    try:
+                        us = _graph_time_us(lambda: paged_decode_attention(
+                            q, k, v, tables[size], lens, tile=tile, num_splits=s, out=out), rep=20)
+                        status = "ok"
+                    except Exception as exc:  # a tile that does not compile is a result too
+                        us, status = None, f"{type(exc).__name__}: {str(exc)[:100]}"
+                    print(json.dumps({"cell": cell, "provider": f"ours{size}", "tile": list(t), "splits": s,
+                                      "heuristic_splits": chosen, "us": us and round(us, 2),
+                                      "gbps": us and round(kv_bytes / us / 1e3), "status": status}), flush=True)
+        # What the second launch costs: the heuristic's call with the merge kernel skipped (wrong output).
+        if chosen > 1:
+            real = pa._paged_decode_merge
+            pa._paged_decode_merge = _NoLaunch()
+            k, v = pool_k.view(-1, 256, hkv, d), pool_v.view(-1, 256, hkv, d)
+            us = _graph_time_us(lambda: paged_decode_attention(q, k, v, tables[256], lens, out=out), rep=20)
+            pa._paged_decode_merge = real
+            print(json.dumps({"cell": cell, "provider": "ours256_split_kernel_only", "splits": chosen,
+                              "us": round(us, 2)}), flush=True)
         del pool_k, pool_v
         torch.cuda.empty_cache()
 
 
+class _NoLaunch:
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: None
+
+
+def paged_prefill_sweep() -> None:
+    """The prefill cells: each tile over pages of 16 and 256 (and an in-order table), and the contiguous kernel."""
+    import torch
+    import triton.testing
+
+    from ruvoninference.bench.kernels import DECODE_HEADS, PREFILL_SEQ_LENS, TOKENS_PER_BATCH, shuffled_tables
+    from ruvoninference.kernels.flash_attention import _flash_attention_forward, flash_attention_triton
+    from ruvoninference.kernels.paged_attention import Tile, paged_prefill_attention
+
+    for hq, hkv, d in DECODE_HEADS:
+        for n in PREFILL_SEQ_LENS:
+            batch = TOKENS_PER_BATCH // n
+            cell = f"{hq}/{hkv}x{d} n={n} b={batch}"
+            q = torch.randn(batch * n, hq, d, device="cuda", dtype=torch.bfloat16)
+            pool_k = torch.randn(batch * n, hkv, d, device="cuda", dtype=torch.bfloat16)
+            pool_v = torch.randn_like(pool_k)
+            cu = torch.arange(0, batch * n + 1, n, dtype=torch.int32, device="cuda")
+            lens = torch.full((batch,), n, dtype=torch.int32, device="cuda")
+            qc = q.view(batch, n, hq, d).transpose(1, 2)
+            kc = pool_k.view(batch, n, hkv, d).transpose(1, 2).contiguous()
+            vc = pool_v.view(batch, n, hkv, d).transpose(1, 2).contiguous()
+            ms = triton.testing.do_bench(lambda: flash_attention_triton(qc, kc, vc, causal=True), return_mode="median")
+            best = getattr(_flash_attention_forward, "best_config", None)
+            print(json.dumps({"cell": cell, "provider": "contiguous", "ms": round(ms, 4), "tile": str(best)}), flush=True)
+            for size, order in ((16, "shuffled"), (256, "shuffled")):
+                if order == "shuffled":
+                    t = shuffled_tables(batch, n, size, "cuda")
+                else:
+                    t = torch.arange(batch * n // size, dtype=torch.int32, device="cuda").view(batch, -1)
+                k, v = pool_k.view(-1, size, hkv, d), pool_v.view(-1, size, hkv, d)
+                for bm, bn, w, st in PREFILL_TILES:
+                    tile = Tile(block_m=bm, block_n=bn, num_warps=w, num_stages=st)
+                    try:
+                        ms = triton.testing.do_bench(
+                            lambda: paged_prefill_attention(q, k, v, cu, lens, t, tile=tile), return_mode="median")
+                        status = "ok"
+                    except Exception as exc:
+                        ms, status = None, f"{type(exc).__name__}: {str(exc)[:100]}"
+                    print(json.dumps({"cell": cell, "provider": f"paged{size}_{order}", "tile": [bm, bn, w, st],
+                                      "ms": ms and round(ms, 4), "status": status}), flush=True)
+            del q, pool_k, pool_v, kc, vc
+            torch.cuda.empty_cache()
+
+
 if len(sys.argv) > 1 and sys.argv[1] == "--paged":
     paged_sweep()
+elif len(sys.argv) > 1 and sys.argv[1] == "--paged-ab":
+    paged_ab()
+elif len(sys.argv) > 1 and sys.argv[1] == "--paged-prefill":
+    paged_prefill_sweep()
 elif len(sys.argv) > 1 and sys.argv[1] == "--child":
     from ruvoninference.bench.kernels import run_benchmark
 

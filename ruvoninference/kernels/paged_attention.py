@@ -63,11 +63,12 @@ import triton.language as tl
 
 from ruvoninference.kernels.flash_attention import LOG2_E, SUPPORTED_HEAD_DIMS, _interpreting, reference_attention
 
-# A split shorter than this spends more on its fixed costs (loading q, writing a partial, merging it) than on
-# streaming keys: 256 tokens of d = 128 K and V are 128 KiB against 2 KiB of partial output for a GQA group of 4.
-MIN_TOKENS_PER_SPLIT = 256
-MAX_SPLITS = 64  # the merge kernel holds [splits, d] fp32 partials in registers
-PROGRAMS_PER_SM = 4  # enough resident programs to hide the latency of the next tile's loads
+# How many splits, from the H200 sweep over every benchmark cell (docs/benchmarks/h200-paged/explore-decode.jsonl):
+# the fastest count gave about 4 programs per SM at head_dim 128 and 6 at head_dim 64 (smaller tiles, more
+# of them resident), and short sequences were fastest cut down to one 64-key tile per split.
+MIN_TOKENS_PER_SPLIT = 64
+MAX_SPLITS = 512  # partials are [batch, heads_q, splits, d] fp32: bounded so a typo cannot ask for gigabytes
+MERGE_CHUNK = 64  # splits the merge kernel holds in registers at once ([64, d] fp32)
 
 
 @dataclass(frozen=True)
@@ -90,17 +91,41 @@ def decode_tile(head_dim: int) -> Tile:
     return Tile(block_n=32 if head_dim > 128 else 64, num_warps=4, num_stages=2)
 
 
-def prefill_tile(head_dim: int, avg_query_len: float) -> Tile:
-    """The prefill kernel's tile: the contiguous kernel's usual autotuned choice (128 x 64, 8 warps, 3 stages)."""
+def prefill_tile(head_dim: int, avg_query_len: float, block_size: int = 256) -> Tile:
+    """The prefill kernel's tile, from the H200 sweep (docs/benchmarks/h200-paged/explore-prefill-p2.jsonl).
+
+    Small pages favour 128 query rows (each gathered key tile then serves more of them); pages of 128 or
+    more let d = 128 take 128 keys per step; prompts of ~1k tokens or fewer favour 64-row tiles (more
+    programs to fill the GPU), as in the contiguous kernel's autotuned choices.
+    """
     if _interpreting():
         return Tile(block_m=16, block_n=16, num_warps=4, num_stages=1)
     if avg_query_len <= 16:  # decode-like chunks: a 128-row tile would be mostly padding
         return Tile(block_m=16, block_n=64, num_warps=4, num_stages=3)
     if head_dim > 128:
         return Tile(block_m=64, block_n=32, num_warps=4, num_stages=2)
+    if block_size < 128:
+        return Tile(block_m=128, block_n=64, num_warps=4 if head_dim <= 64 else 8, num_stages=3)
+    if avg_query_len <= 1024:
+        return Tile(block_m=64, block_n=64, num_warps=4, num_stages=3)
     if head_dim <= 64:
         return Tile(block_m=128, block_n=64, num_warps=8, num_stages=3)
-    return Tile(block_m=128, block_n=64, num_warps=8, num_stages=3)
+    return Tile(block_m=128, block_n=128, num_warps=8, num_stages=3)
+
+
+@triton.jit
+def _tile_pages(table_row, start_n, offs_n, seq_len, PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Which page holds each key of the tile [start_n, start_n + BLOCK_N): the paging indirection.
+
+    Pages and tiles are powers of two and tiles start aligned, so when a page is at least a tile long the
+    whole tile sits in one page: one table entry. Smaller pages: one entry per key (repeats hit L1). Keys
+    past seq_len get page 0, whose rows the caller never uses.
+    """
+    if PAGE_SIZE >= BLOCK_N:
+        return tl.load(table_row + start_n // PAGE_SIZE, mask=start_n < seq_len, other=0)
+    else:
+        cols = start_n + offs_n
+        return tl.load(table_row + cols // PAGE_SIZE, mask=cols < seq_len, other=0)
 
 
 @triton.jit
@@ -111,31 +136,36 @@ def _attend_pages(
     offs_m, offs_n, offs_d,
     lo, hi, diagonal, seq_len, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr,
-    CAUSAL: tl.constexpr, MASKED: tl.constexpr,
+    CAUSAL: tl.constexpr, MASKED: tl.constexpr, PREFETCH_PAGES: tl.constexpr,
 ):
     """Fold the keys [lo, hi) of one sequence, read through its block table, into (acc, l, m).
 
     `k_cache`/`v_cache` point at this KV head already; `table_row` at the sequence's block table. `offs_m`
     is each row's query position (used only when CAUSAL: row r sees keys j <= offs_m[r] + diagonal).
+
+    PREFETCH_PAGES (prefill): the table entry for a tile is loaded one iteration ahead and carried in the
+    loop. That is what lets Triton's software pipeliner keep `num_stages - 1` K/V tiles in flight: when the
+    address of an iteration's K/V load came from a load in the same iteration, the pipeliner (Triton 3.6,
+    Hopper) waited for every outstanding copy at the top of each iteration, serializing memory and math.
+    Decode does not prefetch: there many small programs per SM hide the latency, and carrying the entries
+    of 16-token pages across iterations made it up to a quarter slower (docs/benchmarks/kernel-notes.md, p2).
     """
     d_ok = offs_d < HEAD_DIM
+    if PREFETCH_PAGES:
+        next_pages = _tile_pages(table_row, lo, offs_n, seq_len, PAGE_SIZE, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         cols = start_n + offs_n  # [BLOCK_N] token positions within the sequence
-        # -- the paging indirection: where do these BLOCK_N tokens live? --------------------------------
-        if PAGE_SIZE >= BLOCK_N:
-            # The whole tile sits in one page (pages and tiles are powers of two, tiles start aligned):
-            # one table entry, then BLOCK_N consecutive rows of that page.
-            page = tl.load(table_row + start_n // PAGE_SIZE).to(tl.int64)
-            first = tl.multiple_of(start_n % PAGE_SIZE, BLOCK_N)
-            rows = page * stride_kb + (first + offs_n) * stride_kt
+        if PREFETCH_PAGES:
+            pages = next_pages.to(tl.int64)
+            next_pages = _tile_pages(table_row, start_n + BLOCK_N, offs_n, seq_len, PAGE_SIZE, BLOCK_N)
         else:
-            # Small pages: the tile spans several; each token looks up its own (repeated entries hit L1).
-            if MASKED:
-                pages = tl.load(table_row + cols // PAGE_SIZE, mask=cols < seq_len, other=0)
-            else:
-                pages = tl.load(table_row + cols // PAGE_SIZE)
-            rows = pages.to(tl.int64) * stride_kb + (cols % PAGE_SIZE) * stride_kt
+            pages = _tile_pages(table_row, start_n, offs_n, seq_len, PAGE_SIZE, BLOCK_N).to(tl.int64)
+        if PAGE_SIZE >= BLOCK_N:
+            first = tl.multiple_of(start_n % PAGE_SIZE, BLOCK_N)  # BLOCK_N consecutive rows of one page
+            rows = pages * stride_kb + (first + offs_n) * stride_kt
+        else:
+            rows = pages * stride_kb + (cols % PAGE_SIZE) * stride_kt
         # K comes in transposed, [d, BLOCK_N], so Q K^T is a plain [M, d] x [d, BLOCK_N] product.
         k_ptrs = k_cache + rows[None, :] + offs_d[:, None] * stride_kd
         v_ptrs = v_cache + rows[:, None] + offs_d[None, :] * stride_kd
@@ -198,8 +228,10 @@ def _paged_decode_split(
     BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, MIN_SPLIT: tl.constexpr, DIRECT: tl.constexpr,
 ):
     # -- ours: split `split` of sequence `batch`, for all the query heads of KV head `kv_head` -----------
-    batch = tl.program_id(0)
-    kv_head = tl.program_id(1)
+    # KV heads vary fastest across the grid: the programs running side by side read the neighbouring
+    # head slices of the same pages (+0-2% measured at large batch).
+    kv_head = tl.program_id(0)
+    batch = tl.program_id(1)
     split = tl.program_id(2)
     seq_len = tl.load(SeqLens + batch)
     start, end, _ = _split_range(seq_len, split, NUM_SPLITS, MIN_SPLIT, BLOCK_N)
@@ -226,12 +258,12 @@ def _paged_decode_split(
     acc, l_i, m_i = _attend_pages(
         acc, l_i, m_i, q, k_cache, v_cache, table_row, stride_kb, stride_kt, stride_kd,
         offs_g, offs_n, offs_d, start, full_end, 0, seq_len, qk_scale,
-        HEAD_DIM, BLOCK_D, BLOCK_N, PAGE_SIZE, False, False,
+        HEAD_DIM, BLOCK_D, BLOCK_N, PAGE_SIZE, False, False, False,
     )
     acc, l_i, m_i = _attend_pages(
         acc, l_i, m_i, q, k_cache, v_cache, table_row, stride_kb, stride_kt, stride_kd,
         offs_g, offs_n, offs_d, full_end, end, 0, seq_len, qk_scale,
-        HEAD_DIM, BLOCK_D, BLOCK_N, PAGE_SIZE, False, True,
+        HEAD_DIM, BLOCK_D, BLOCK_N, PAGE_SIZE, False, True, False,
     )
 
     safe_l = tl.where(l_i == 0.0, 1.0, l_i)
@@ -241,7 +273,7 @@ def _paged_decode_split(
                  out.to(Out.dtype.element_ty), mask=row_ok)
     else:
         # Partials are [batch, heads_q, splits, d] fp32, lse [batch, heads_q, splits], in base 2.
-        part_row = (batch * tl.num_programs(1) * QUERIES_PER_KV + heads).to(tl.int64) * NUM_SPLITS + split
+        part_row = (batch * tl.num_programs(0) * QUERIES_PER_KV + heads).to(tl.int64) * NUM_SPLITS + split
         tl.store(PartOut + part_row[:, None] * BLOCK_D + offs_d[None, :], out, mask=row_ok)
         tl.store(PartLse + part_row, m_i + tl.math.log2(safe_l), mask=offs_g < QUERIES_PER_KV)
 
@@ -254,24 +286,35 @@ def _paged_decode_merge(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
     BLOCK_N: tl.constexpr, MIN_SPLIT: tl.constexpr,
 ):
-    """out = Σ_s w_s o_s / Σ_s w_s with w_s = 2^(lse_s − max lse): the splits' softmaxes made one."""
+    """out = Σ_s w_s o_s / Σ_s w_s with w_s = 2^(lse_s − max lse): the splits' softmaxes made one.
+
+    The splits are visited BLOCK_S at a time with the same running-max rescale as the attention loop, so
+    a sequence may be cut into hundreds of splits without holding them all in registers.
+    """
     batch = tl.program_id(0)
     head = tl.program_id(1)
     seq_len = tl.load(SeqLens + batch)
     _, _, per_split = _split_range(seq_len, 0, NUM_SPLITS, MIN_SPLIT, BLOCK_N)
     used = tl.cdiv(seq_len, per_split)  # the splits the first kernel wrote; 0 for an empty sequence
-    offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_D)
-    s_ok = offs_s < used
     base = (batch * HEADS_Q + head).to(tl.int64) * NUM_SPLITS
-    lse = tl.load(PartLse + base + offs_s, mask=s_ok, other=float("-inf"))
-    m = tl.max(lse, 0)
-    m = tl.where(m == float("-inf"), 0.0, m)
-    w = tl.math.exp2(lse - m)  # exactly 0 for unused splits
-    o = tl.load(PartOut + (base + offs_s)[:, None] * BLOCK_D + offs_d[None, :],
-                mask=s_ok[:, None] & (offs_d < HEAD_DIM)[None, :], other=0.0)
-    total = tl.sum(w, 0)
-    out = tl.sum(w[:, None] * o, 0) / tl.where(total == 0.0, 1.0, total)
+    m = tl.max(tl.full([BLOCK_S], float("-inf"), dtype=tl.float32), 0)  # running max of the lse, base 2
+    total = tl.sum(tl.zeros([BLOCK_S], dtype=tl.float32), 0)  # running Σ w_s
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32)  # running Σ w_s o_s
+    for first in range(0, used, BLOCK_S):
+        offs_s = first + tl.arange(0, BLOCK_S)
+        s_ok = offs_s < used
+        lse = tl.load(PartLse + base + offs_s, mask=s_ok, other=float("-inf"))
+        m_new = tl.maximum(m, tl.max(lse, 0))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        w = tl.math.exp2(lse - m_use)  # exactly 0 for unused splits
+        o = tl.load(PartOut + (base + offs_s)[:, None] * BLOCK_D + offs_d[None, :],
+                    mask=s_ok[:, None] & (offs_d < HEAD_DIM)[None, :], other=0.0)
+        alpha = tl.math.exp2(m - m_use)
+        acc = acc * alpha + tl.sum(w[:, None] * o, 0)
+        total = total * alpha + tl.sum(w, 0)
+        m = m_new
+    out = acc / tl.where(total == 0.0, 1.0, total)
     tl.store(Out + batch.to(tl.int64) * stride_ob + head.to(tl.int64) * stride_oh + offs_d * stride_od,
              out.to(Out.dtype.element_ty), mask=offs_d < HEAD_DIM)
 
@@ -281,15 +324,22 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def choose_num_splits(batch: int, heads_kv: int, max_seq_len: int, device: torch.device) -> int:
+def programs_per_sm(head_dim: int) -> int:
+    """Resident split programs per SM that kept the memory busiest in the sweep (see MIN_TOKENS_PER_SPLIT)."""
+    return 4 if head_dim >= 128 else 6
+
+
+def choose_num_splits(batch: int, heads_kv: int, max_seq_len: int, device: torch.device, head_dim: int = 128) -> int:
     """How many programs share one sequence's keys, from host-known shapes only (CUDA-graph safe).
 
-    Enough (batch × heads_kv × splits) programs for PROGRAMS_PER_SM per SM, but no split shorter than
-    MIN_TOKENS_PER_SPLIT of the longest allowed sequence, and at most MAX_SPLITS.
+    As many splits as keep (batch × heads_kv × splits) programs at or under programs_per_sm per SM (rounding
+    down: a batch that already fills the GPU is not split, because a second, partial wave of programs and
+    the merge cost more than they save), no split shorter than MIN_TOKENS_PER_SPLIT of the longest allowed
+    sequence, and at most MAX_SPLITS.
     """
     sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) \
         if device.type == "cuda" else 4
-    wanted = triton.cdiv(PROGRAMS_PER_SM * sms, max(1, batch * heads_kv))
+    wanted = programs_per_sm(head_dim) * sms // max(1, batch * heads_kv)
     return max(1, min(wanted, triton.cdiv(max(1, max_seq_len), MIN_TOKENS_PER_SPLIT), MAX_SPLITS))
 
 
@@ -360,7 +410,7 @@ def paged_decode_attention(
     tile = tile or decode_tile(head_dim)
     if max_seq_len is None:
         max_seq_len = block_tables.shape[1] * block_size
-    splits = num_splits or choose_num_splits(batch, heads_kv, max_seq_len, q.device)
+    splits = num_splits or choose_num_splits(batch, heads_kv, max_seq_len, q.device, head_dim)
     if not 1 <= splits <= MAX_SPLITS:
         raise ValueError(f"num_splits must be between 1 and {MAX_SPLITS}, not {splits}")
     block_d = triton.next_power_of_2(head_dim)
@@ -371,7 +421,7 @@ def paged_decode_attention(
     else:
         part_out = torch.empty(batch, heads_q, splits, block_d, dtype=torch.float32, device=q.device)
         part_lse = torch.empty(batch, heads_q, splits, dtype=torch.float32, device=q.device)
-    _paged_decode_split[(batch, heads_kv, splits)](
+    _paged_decode_split[(heads_kv, batch, splits)](
         q, k_cache, v_cache, block_tables, seq_lens, out, part_out, part_lse,
         sm_scale * LOG2_E,
         *q.stride(),
@@ -388,7 +438,7 @@ def paged_decode_attention(
             part_out, part_lse, seq_lens, out,
             *out.stride(),
             heads_q, splits,
-            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=triton.next_power_of_2(splits),
+            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=min(MERGE_CHUNK, triton.next_power_of_2(splits)),
             BLOCK_N=tile.block_n, MIN_SPLIT=min_split,
             num_warps=4,
         )
@@ -409,6 +459,10 @@ def _paged_prefill(
 ):
     # -- which sequence and which of its query tiles is ours ------------------------------------------
     tile = tl.program_id(0)
+    if CAUSAL:
+        # As in the contiguous kernel: the last tiles of a sequence see the most keys, so launch them first
+        # and let the short ones fill the final wave.
+        tile = tl.num_programs(0) - 1 - tile
     head = tl.program_id(1)
     seqs = tl.arange(0, BLOCK_B)
     cu = tl.load(CuSeqlensQ + seqs, mask=seqs < NUM_SEQS, other=1 << 30)
@@ -451,12 +505,12 @@ def _paged_prefill(
     acc, l_i, m_i = _attend_pages(
         acc, l_i, m_i, q, k_cache, v_cache, table_row, stride_kb, stride_kt, stride_kd,
         offs_m, offs_n, offs_d, 0, unmasked_end, diagonal, seq_len, qk_scale,
-        HEAD_DIM, BLOCK_D, BLOCK_N, PAGE_SIZE, CAUSAL, False,
+        HEAD_DIM, BLOCK_D, BLOCK_N, PAGE_SIZE, CAUSAL, False, True,
     )
     acc, l_i, m_i = _attend_pages(
         acc, l_i, m_i, q, k_cache, v_cache, table_row, stride_kb, stride_kt, stride_kd,
         offs_m, offs_n, offs_d, unmasked_end, end, diagonal, seq_len, qk_scale,
-        HEAD_DIM, BLOCK_D, BLOCK_N, PAGE_SIZE, CAUSAL, True,
+        HEAD_DIM, BLOCK_D, BLOCK_N, PAGE_SIZE, CAUSAL, True, True,
     )
     l_i = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_i[:, None]
@@ -499,7 +553,7 @@ def paged_prefill_attention(
         out = torch.empty_like(q)
     if batch == 0 or total == 0:
         return out
-    tile = tile or prefill_tile(head_dim, total / batch)
+    tile = tile or prefill_tile(head_dim, total / batch, block_size)
     grid = (total // tile.block_m + batch, heads_q)
     _paged_prefill[grid](
         q, k_cache, v_cache, cu_seqlens_q, seq_lens_k, block_tables, out,

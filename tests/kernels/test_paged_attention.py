@@ -12,6 +12,7 @@ import torch
 from conftest import CUDA
 from ruvoninference.kernels.paged_attention import (
     MAX_SPLITS,
+    MERGE_CHUNK,
     Tile,
     choose_num_splits,
     paged_decode_attention,
@@ -110,8 +111,27 @@ def test_decode_smollm2_shape():
 
 
 def test_decode_more_splits_than_tiles():
-    # 64 splits over 20 tokens: most splits are empty and must be skipped by both kernels.
-    check_decode([20, 5], 2, 1, 64, block_size=16, num_splits=MAX_SPLITS)
+    # 100 splits over 20 tokens: most splits are empty and must be skipped by both kernels.
+    check_decode([20, 5], 2, 1, 64, block_size=16, num_splits=100)
+
+
+def test_decode_merge_loops_over_more_splits_than_it_holds():
+    # 69 splits of one 16-token tile each are written for the long row, more than the merge kernel holds at
+    # once (MERGE_CHUNK), so it must carry its running max and sums from one chunk of splits to the next.
+    # The keys of the last splits score highest, so the second chunk raises the running max and what the
+    # first chunk accumulated must be rescaled.
+    lengths, block_size = [1100, 70], 16
+    assert MERGE_CHUNK < -(-lengths[0] // block_size)
+    gen = torch.Generator(device=DEVICE).manual_seed(11)
+    k, v, tables = paged_cache(lengths, block_size, 1, 32, torch.float16, gen, shared_prefix_blocks=0)
+    q = torch.randn(2, 2, 32, generator=gen, device=DEVICE, dtype=torch.float16)
+    late_pages = tables[0, MERGE_CHUNK + 1: -(-lengths[0] // block_size)].long()
+    k[late_pages] = (q[0, 0] * 0.5).to(k.dtype)  # q . k large for query head 0, from token 1040 on
+    seq_lens = torch.tensor(lengths, dtype=torch.int32, device=DEVICE)
+    out = torch.full_like(q, float("nan"))
+    paged_decode_attention(q, k, v, tables, seq_lens, num_splits=70, out=out)
+    err = rel_error(out, reference_paged_decode(q, k, v, tables, seq_lens))
+    assert err < TOLERANCE[torch.float16], f"relative error {err:.2e}"
 
 
 # -- prefill, interpreter-sized --------------------------------------------------------------------------
@@ -148,8 +168,10 @@ def test_prefill_of_whole_prompts_matches_decode_rows():
 def test_split_count_depends_on_shapes_only():
     cpu = torch.device("cpu")  # 4 "SMs" stand in for a GPU's count off the device
     assert choose_num_splits(64, 8, 4096, cpu) == 1  # the batch alone fills the machine
-    assert choose_num_splits(1, 1, 100_000, cpu) == 16  # PROGRAMS_PER_SM x 4 SMs
-    assert choose_num_splits(1, 1, 300, cpu) == 2  # no split shorter than MIN_TOKENS_PER_SPLIT
+    assert choose_num_splits(3, 1, 4096, cpu, head_dim=128) == 5  # 4 programs per SM x 4 SMs // 3, rounded down
+    assert choose_num_splits(1, 1, 100_000, cpu, head_dim=128) == 16  # 4 programs per SM x 4 SMs
+    assert choose_num_splits(1, 1, 100_000, cpu, head_dim=64) == 24  # smaller tiles: 6 per SM
+    assert choose_num_splits(1, 1, 100, cpu) == 2  # no split shorter than MIN_TOKENS_PER_SPLIT
     assert 1 <= choose_num_splits(1, 1, 10**9, torch.device(DEVICE)) <= MAX_SPLITS
 
 
