@@ -199,26 +199,27 @@ def paged_prefill_sweep() -> None:
             torch.cuda.empty_cache()
 
 
-if len(sys.argv) > 1 and sys.argv[1] == "--paged":
-    paged_sweep()
-elif len(sys.argv) > 1 and sys.argv[1] == "--paged-ab":
-    paged_ab()
-elif len(sys.argv) > 1 and sys.argv[1] == "--paged-prefill":
-    paged_prefill_sweep()
-elif len(sys.argv) > 1 and sys.argv[1] == "--child":
-    from ruvoninference.bench.kernels import run_benchmark
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--paged":
+        paged_sweep()
+    elif len(sys.argv) > 1 and sys.argv[1] == "--paged-ab":
+        paged_ab()
+    elif len(sys.argv) > 1 and sys.argv[1] == "--paged-prefill":
+        paged_prefill_sweep()
+    elif len(sys.argv) > 1 and sys.argv[1] == "--child":
+        from ruvoninference.bench.kernels import run_benchmark
 
-    report = run_benchmark([4096, 16384], [64, 128], providers=["sdpa_cudnn", "triton"])
-    cells = {}
-    for r in report.rows:
-        cells.setdefault((r.head_dim, r.causal, r.seq_len), {})[r.provider] = r
-    for (d, c, n), cell in cells.items():
-        ours, cudnn = cell["triton"], cell["sdpa_cudnn"]
-        print(json.dumps({"d": d, "causal": c, "n": n, "ours": round(ours.tflops or 0), "cudnn": round(cudnn.tflops or 0),
-                          "ratio": round((ours.tflops or 0) / cudnn.tflops, 3), "err": ours.rel_err_vs_fp64_sample,
-                          "tile": ours.config, "status": ours.status}))
-else:
-    chosen = sys.argv[1:] or list(VARIANTS)  # variant names, default all
-    for name, env in ((n, VARIANTS[n]) for n in chosen):
-        print(f"== {name}", flush=True)
-        subprocess.run([sys.executable, __file__, "--child"], env={**os.environ, **env}, check=False)
+        report = run_benchmark([4096, 16384], [64, 128], providers=["sdpa_cudnn", "triton"])
+        cells = {}
+        for r in report.rows:
+            cells.setdefault((r.head_dim, r.causal, r.seq_len), {})[r.provider] = r
+        for (d, c, n), cell in cells.items():
+            ours, cudnn = cell["triton"], cell["sdpa_cudnn"]
+            print(json.dumps({"d": d, "causal": c, "n": n, "ours": round(ours.tflops or 0), "cudnn": round(cudnn.tflops or 0),
+                              "ratio": round((ours.tflops or 0) / cudnn.tflops, 3), "err": ours.rel_err_vs_fp64_sample,
+                              "tile": ours.config, "status": ours.status}))
+    else:
+        chosen = sys.argv[1:] or list(VARIANTS)  # variant names, default all
+        for name, env in ((n, VARIANTS[n]) for n in chosen):
+            print(f"== {name}", flush=True)
+            subprocess.run([sys.executable, __file__, "--child"], env={**os.environ, **env}, check=False)

@@ -275,3 +275,24 @@ def test_decode_replays_in_a_cuda_graph_with_new_lengths():
         graph.replay()
         ref = reference_paged_decode(q, k, v, tables, seq_lens)
         assert rel_error(out, ref) < TOLERANCE[torch.bfloat16]
+
+
+def test_prefill_loop_keeps_two_tiles_in_flight_on_hopper():
+    """Compiled for sm_90 (no GPU needed), the paged prefill loop waits for at most 2 copy groups, as the
+    contiguous kernel does; looking a tile's page up in the same iteration made it wait for all of them."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
+    run = subprocess.run([sys.executable, str(root / "scripts" / "pipeline_probe.py"), "--before"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    waits = {line.split(" | ")[0]: line.rsplit("loop waits: ", 1)[1]
+             for line in run.stdout.splitlines() if "loop waits" in line}
+    assert waits["paged prefill, pages of 16"] == waits["paged prefill, pages of 256"] == "[2, 2]", waits
+    assert waits["contiguous prefill"] == "[2, 2]", waits
+    assert waits["paged prefill, pages of 256, before p2"] == "[0, 0]", waits
