@@ -148,7 +148,7 @@ def _attend_pages(
     address of an iteration's K/V load came from a load in the same iteration, the pipeliner (Triton 3.6,
     Hopper) waited for every outstanding copy at the top of each iteration, serializing memory and math.
     Decode does not prefetch: there many small programs per SM hide the latency, and carrying the entries
-    of 16-token pages across iterations made it up to a quarter slower (docs/benchmarks/kernel-notes.md, p2).
+    of 16-token pages across iterations made it up to a third slower (docs/benchmarks/kernel-notes.md, p2).
     """
     d_ok = offs_d < HEAD_DIM
     if PREFETCH_PAGES:
