@@ -67,11 +67,7 @@ def paged_ab() -> None:
     kv_first = variant_module("paged_kv_first", GRID_KV_HEAD_FIRST)
     for hq, hkv, d, batch, kv_len in decode_cells(DECODE_BATCHES, DECODE_KV_LENS, DECODE_HEADS):
         cell = f"{hq}/{hkv}x{d} b={batch} kv={kv_len}"
-        pool_k = torch.randn(batch * kv_len, hkv, d, device="cuda", dtype=torch.bfloat16)
-        pool_v = torch.randn_like(pool_k)
-        q = torch.randn(batch, hq, d, device="cuda", dtype=torch.bfloat16)
-        lens = torch.full((batch,), kv_len, dtype=torch.int32, device="cuda")
-        kv_bytes = pool_k.numel() * 2 * 2
+        pool_k, pool_v, q, lens, kv_bytes = decode_cell_inputs(hq, hkv, d, batch, kv_len)
         tables = {size: shuffled_tables(batch, kv_len, size, "cuda") for size in (16, 256)}
         out = torch.empty_like(q)
         k, v = pool_k.view(-1, 256, hkv, d), pool_v.view(-1, 256, hkv, d)
@@ -90,7 +86,15 @@ def paged_ab() -> None:
         torch.cuda.empty_cache()
 
 
+def decode_cell_inputs(hq: int, hkv: int, d: int, batch: int, kv_len: int):
+    """Random bf16 K/V pools of batch x kv_len tokens, one query per sequence, full lengths, the K+V bytes."""
+    import torch
 
+    pool_k = torch.randn(batch * kv_len, hkv, d, device="cuda", dtype=torch.bfloat16)
+    pool_v = torch.randn_like(pool_k)
+    q = torch.randn(batch, hq, d, device="cuda", dtype=torch.bfloat16)
+    lens = torch.full((batch,), kv_len, dtype=torch.int32, device="cuda")
+    return pool_k, pool_v, q, lens, pool_k.numel() * 2 * 2
 
 
 def paged_sweep() -> None:
@@ -109,11 +113,7 @@ def paged_sweep() -> None:
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     for hq, hkv, d, batch, kv_len in decode_cells(DECODE_BATCHES, DECODE_KV_LENS, DECODE_HEADS):
         cell = f"{hq}/{hkv}x{d} b={batch} kv={kv_len}"
-        pool_k = torch.randn(batch * kv_len, hkv, d, device="cuda", dtype=torch.bfloat16)
-        pool_v = torch.randn_like(pool_k)
-        q = torch.randn(batch, hq, d, device="cuda", dtype=torch.bfloat16)
-        lens = torch.full((batch,), kv_len, dtype=torch.int32, device="cuda")
-        kv_bytes = pool_k.numel() * 2 * 2
+        pool_k, pool_v, q, lens, kv_bytes = decode_cell_inputs(hq, hkv, d, batch, kv_len)
         chosen = choose_num_splits(batch, hkv, kv_len, q.device, d)
         tables = {size: shuffled_tables(batch, kv_len, size, "cuda") for size in (16, 256)}
         if flash_attn_with_kvcache is not None:
