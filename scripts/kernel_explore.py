@@ -4,6 +4,7 @@
   PYTHONPATH=. python3 scripts/kernel_explore.py --paged        # decode: tiles and split counts, every cell
   PYTHONPATH=. python3 scripts/kernel_explore.py --paged-ab     # decode: heuristic splits, tiles, grid order vs FA2
   PYTHONPATH=. python3 scripts/kernel_explore.py --paged-prefill   # prefill over pages: tiles
+  PYTHONPATH=. python3 scripts/kernel_explore.py --paged-p3     # address-work variants, every cell, both kernels
 
 Prefill variants each run in their own process because the switches are read when the kernel is launched
 and the autotuner caches its choice per process. The paged sweep times, on a few decode cells, every tile
@@ -31,6 +32,37 @@ GRID_KV_HEAD_FIRST = [  # consecutive programs = the KV heads of one (sequence, 
     ("part_row = (batch * tl.num_programs(1) * QUERIES_PER_KV", "part_row = (batch * tl.num_programs(0) * QUERIES_PER_KV"),
     ("_paged_decode_split[(batch, heads_kv, splits)]", "_paged_decode_split[(heads_kv, batch, splits)]"),
 ]
+
+
+# Per-iteration address work of the paged loop (version p3 candidates).
+PAGE_POINTER = [(  # pages of at least a tile: a scalar page pointer plus 32-bit row offsets, no 64-bit vectors
+    """            rows = pages * stride_kb + (first + offs_n) * stride_kt
+        else:
+            rows = pages * stride_kb + (cols % PAGE_SIZE) * stride_kt
+        # K comes in transposed, [d, BLOCK_N], so Q K^T is a plain [M, d] x [d, BLOCK_N] product.
+        k_ptrs = k_cache + rows[None, :] + offs_d[:, None] * stride_kd
+        v_ptrs = v_cache + rows[:, None] + offs_d[None, :] * stride_kd
+""",
+    """            in_page = (first + offs_n) * stride_kt
+            k_ptrs = (k_cache + pages * stride_kb) + in_page[None, :] + offs_d[:, None] * stride_kd
+            v_ptrs = (v_cache + pages * stride_kb) + in_page[:, None] + offs_d[None, :] * stride_kd
+        else:
+            rows = pages * stride_kb + (cols % PAGE_SIZE) * stride_kt
+            k_ptrs = k_cache + rows[None, :] + offs_d[:, None] * stride_kd
+            v_ptrs = v_cache + rows[:, None] + offs_d[None, :] * stride_kd
+""")]
+PAGES_PER_TILE = [  # small pages: load the tile's BLOCK_N / PAGE_SIZE entries, not one per key
+    ("""        cols = start_n + offs_n
+        return tl.load(table_row + cols // PAGE_SIZE, mask=cols < seq_len, other=0)""",
+     """        ids = start_n // PAGE_SIZE + tl.arange(0, BLOCK_N // PAGE_SIZE)
+        return tl.load(table_row + ids, mask=ids * PAGE_SIZE < seq_len, other=0)"""),
+    ("""            rows = pages * stride_kb + (cols % PAGE_SIZE) * stride_kt
+""",
+     """            rows = tl.reshape(pages[:, None] * stride_kb + tl.arange(0, PAGE_SIZE)[None, :] * stride_kt, (BLOCK_N,))
+"""),
+]
+VARIANTS_P3 = {"base": [], "page_pointer": PAGE_POINTER, "pages_per_tile": PAGES_PER_TILE,
+               "both": PAGE_POINTER + PAGES_PER_TILE}
 
 
 def variant_module(name: str, replacements: list[tuple[str, str]]):
@@ -155,6 +187,63 @@ class _NoLaunch:
         return lambda *args, **kwargs: None
 
 
+def paged_p3() -> None:
+    """VARIANTS_P3 side by side: every decode cell (pages of 16 and 256) and every prefill cell, with FA2 and
+    the contiguous kernel as the references, each variant at the default tile and split count."""
+    import torch
+    import triton.testing
+
+    from ruvoninference.bench.kernels import (
+        DECODE_BATCHES, DECODE_HEADS, DECODE_KV_LENS, PREFILL_SEQ_LENS, TOKENS_PER_BATCH, _graph_time_us,
+        decode_cells, shuffled_tables)
+    from ruvoninference.kernels.flash_attention import flash_attention_triton
+
+    from flash_attn import flash_attn_with_kvcache
+
+    mods = {name: variant_module(f"p3_{name}", reps) for name, reps in VARIANTS_P3.items()}
+    for hq, hkv, d in DECODE_HEADS:
+        for n in PREFILL_SEQ_LENS:
+            batch = TOKENS_PER_BATCH // n
+            cell = f"{hq}/{hkv}x{d} n={n} b={batch}"
+            q = torch.randn(batch * n, hq, d, device="cuda", dtype=torch.bfloat16)
+            pool_k = torch.randn(batch * n, hkv, d, device="cuda", dtype=torch.bfloat16)
+            pool_v = torch.randn_like(pool_k)
+            cu = torch.arange(0, batch * n + 1, n, dtype=torch.int32, device="cuda")
+            lens = torch.full((batch,), n, dtype=torch.int32, device="cuda")
+            qc = q.view(batch, n, hq, d).transpose(1, 2)
+            kc = pool_k.view(batch, n, hkv, d).transpose(1, 2).contiguous()
+            vc = pool_v.view(batch, n, hkv, d).transpose(1, 2).contiguous()
+            runs = {"contiguous": lambda: flash_attention_triton(qc, kc, vc, causal=True)}
+            for size in (16, 256):
+                t = shuffled_tables(batch, n, size, "cuda")
+                k, v = pool_k.view(-1, size, hkv, d), pool_v.view(-1, size, hkv, d)
+                for name, mod in mods.items():
+                    runs[f"paged{size}_{name}"] = (lambda mod=mod, k=k, v=v, t=t:
+                                                   mod.paged_prefill_attention(q, k, v, cu, lens, t))
+            for name, fn in runs.items():
+                ms = triton.testing.do_bench(fn, return_mode="median")
+                print(json.dumps({"part": "prefill", "cell": cell, "run": name, "ms": round(ms, 4)}), flush=True)
+    for hq, hkv, d, batch, kv_len in decode_cells(DECODE_BATCHES, DECODE_KV_LENS, DECODE_HEADS):
+        cell = f"{hq}/{hkv}x{d} b={batch} kv={kv_len}"
+        pool_k, pool_v, q, lens, kv_bytes = decode_cell_inputs(hq, hkv, d, batch, kv_len)
+        out = torch.empty_like(q)
+        tables = {size: shuffled_tables(batch, kv_len, size, "cuda") for size in (16, 256)}
+        k256, v256 = pool_k.view(-1, 256, hkv, d), pool_v.view(-1, 256, hkv, d)
+        runs = {"fa2": lambda: flash_attn_with_kvcache(q.unsqueeze(1), k256, v256, cache_seqlens=lens,
+                                                       block_table=tables[256])}
+        for size in (16, 256):
+            k, v = pool_k.view(-1, size, hkv, d), pool_v.view(-1, size, hkv, d)
+            for name, mod in mods.items():
+                runs[f"ours{size}_{name}"] = (lambda mod=mod, k=k, v=v, t=tables[size]:
+                                              mod.paged_decode_attention(q, k, v, t, lens, out=out))
+        for name, fn in runs.items():
+            us = _graph_time_us(fn, rep=30)
+            print(json.dumps({"part": "decode", "cell": cell, "run": name, "us": round(us, 2),
+                              "gbps": round(kv_bytes / us / 1e3)}), flush=True)
+        del pool_k, pool_v, runs
+        torch.cuda.empty_cache()
+
+
 def paged_prefill_sweep() -> None:
     """The prefill cells: each tile over pages of 16 and 256 (and an in-order table), and the contiguous kernel."""
     import torch
@@ -204,6 +293,8 @@ if __name__ == "__main__":
         paged_sweep()
     elif len(sys.argv) > 1 and sys.argv[1] == "--paged-ab":
         paged_ab()
+    elif len(sys.argv) > 1 and sys.argv[1] == "--paged-p3":
+        paged_p3()
     elif len(sys.argv) > 1 and sys.argv[1] == "--paged-prefill":
         paged_prefill_sweep()
     elif len(sys.argv) > 1 and sys.argv[1] == "--child":

@@ -5,8 +5,9 @@ software pipeliner did with each loop. Two things to read in it:
 
 - `ttg.async_copy_global_to_local`: a load turned into an asynchronous copy into shared memory;
 - `ttg.async_wait {num = N}` at the top of the loop: wait until at most N groups of copies are still in
-  flight. With num_stages = 3, N = 2 means two future K/V tiles are loading while this one is multiplied.
-  N = 0 means every copy is waited for before any math: loads and math take turns.
+  flight. K and V are one group each, so with num_stages = 3, N = 2 lets the next tile's K and V keep
+  loading while this tile is multiplied (and the tile after it is issued during the iteration). N = 0
+  means every copy is waited for before any math: loads and math take turns.
 
   uv run python scripts/pipeline_probe.py            # the paged prefill/decode and contiguous kernels
   uv run python scripts/pipeline_probe.py --before   # plus the paged prefill as it was: each tile's page

@@ -65,7 +65,9 @@ from ruvoninference.kernels.flash_attention import LOG2_E, SUPPORTED_HEAD_DIMS, 
 
 # How many splits, from the H200 sweep over every benchmark cell (docs/benchmarks/h200-paged/explore-decode.jsonl):
 # the fastest count gave about 4 programs per SM at head_dim 128 and 6 at head_dim 64 (smaller tiles, more
-# of them resident), and short sequences were fastest cut down to one 64-key tile per split.
+# of them resident), and splits of about 2·sqrt(length) tokens, never under one 64-key tile. The square root
+# is the balance of two costs: each split adds fixed work (loading q, writing a partial, merging it), each
+# token in a split adds streaming time, and S·fixed + length/S is smallest at S ∝ sqrt(length).
 MIN_TOKENS_PER_SPLIT = 64
 MAX_SPLITS = 512  # partials are [batch, heads_q, splits, d] fp32: bounded so a typo cannot ask for gigabytes
 MERGE_CHUNK = 64  # splits the merge kernel holds in registers at once ([64, d] fp32)
@@ -144,9 +146,10 @@ def _attend_pages(
     is each row's query position (used only when CAUSAL: row r sees keys j <= offs_m[r] + diagonal).
 
     PREFETCH_PAGES (prefill): the table entry for a tile is loaded one iteration ahead and carried in the
-    loop. That is what lets Triton's software pipeliner keep `num_stages - 1` K/V tiles in flight: when the
-    address of an iteration's K/V load came from a load in the same iteration, the pipeliner (Triton 3.6,
-    Hopper) waited for every outstanding copy at the top of each iteration, serializing memory and math.
+    loop. That is what lets Triton's software pipeliner load the next K/V tile while this one is multiplied:
+    when the address of an iteration's K/V load came from a load in the same iteration, the pipeliner
+    (Triton 3.6, Hopper) waited for every outstanding copy at the top of each iteration, so memory and math
+    took turns (`scripts/pipeline_probe.py --before` shows the compiled loop's wait counts).
     Decode does not prefetch: there many small programs per SM hide the latency, and carrying the entries
     of 16-token pages across iterations made it up to a third slower (docs/benchmarks/kernel-notes.md, p2).
     """
@@ -329,18 +332,23 @@ def programs_per_sm(head_dim: int) -> int:
     return 4 if head_dim >= 128 else 6
 
 
+def min_tokens_per_split(max_seq_len: int) -> int:
+    """The shortest split worth its fixed costs for sequences up to max_seq_len tokens (see above)."""
+    return max(MIN_TOKENS_PER_SPLIT, 2 * math.isqrt(max(1, max_seq_len)))
+
+
 def choose_num_splits(batch: int, heads_kv: int, max_seq_len: int, device: torch.device, head_dim: int = 128) -> int:
     """How many programs share one sequence's keys, from host-known shapes only (CUDA-graph safe).
 
     As many splits as keep (batch × heads_kv × splits) programs at or under programs_per_sm per SM (rounding
     down: a batch that already fills the GPU is not split, because a second, partial wave of programs and
-    the merge cost more than they save), no split shorter than MIN_TOKENS_PER_SPLIT of the longest allowed
+    the merge cost more than they save), no split shorter than min_tokens_per_split of the longest allowed
     sequence, and at most MAX_SPLITS.
     """
     sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) \
         if device.type == "cuda" else 4
     wanted = programs_per_sm(head_dim) * sms // max(1, batch * heads_kv)
-    return max(1, min(wanted, triton.cdiv(max(1, max_seq_len), MIN_TOKENS_PER_SPLIT), MAX_SPLITS))
+    return max(1, min(wanted, triton.cdiv(max(1, max_seq_len), min_tokens_per_split(max_seq_len)), MAX_SPLITS))
 
 
 def _check_cache_args(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

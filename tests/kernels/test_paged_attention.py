@@ -15,6 +15,7 @@ from ruvoninference.kernels.paged_attention import (
     MERGE_CHUNK,
     Tile,
     choose_num_splits,
+    min_tokens_per_split,
     paged_decode_attention,
     paged_prefill_attention,
     reference_paged_decode,
@@ -110,6 +111,15 @@ def test_decode_smollm2_shape():
     check_decode([50, 19, 3], 9, 3, 64, block_size=16, num_splits=4)  # 9 query heads over 3 KV heads
 
 
+def test_small_pages_under_a_wide_key_tile():
+    # A 64-key tile over 16-token pages, the path a GPU takes with pages of 16 (the interpreter's default tile
+    # is 16 keys, one page): every key looks its own page up, in decode and in prefill.
+    check_decode([100, 33, 0, 1], 8, 2, 64, block_size=16, num_splits=2,
+                 tile=Tile(block_n=64, num_warps=4, num_stages=1))
+    check_prefill([(5, 40), (21, 21), (0, 10), (1, 33), (18, 50)], 4, 2, 64, block_size=16,
+                  tile=Tile(block_m=16, block_n=64, num_warps=4, num_stages=1))
+
+
 def test_decode_more_splits_than_tiles():
     # 100 splits over 20 tokens: most splits are empty and must be skipped by both kernels.
     check_decode([20, 5], 2, 1, 64, block_size=16, num_splits=100)
@@ -172,6 +182,8 @@ def test_split_count_depends_on_shapes_only():
     assert choose_num_splits(1, 1, 100_000, cpu, head_dim=128) == 16  # 4 programs per SM x 4 SMs
     assert choose_num_splits(1, 1, 100_000, cpu, head_dim=64) == 24  # smaller tiles: 6 per SM
     assert choose_num_splits(1, 1, 100, cpu) == 2  # no split shorter than MIN_TOKENS_PER_SPLIT
+    # Splits of about 2 sqrt(length) tokens: the fixed cost of a split against its streaming time.
+    assert [min_tokens_per_split(n) for n in (100, 1024, 16384, 65536)] == [64, 64, 256, 512]
     assert 1 <= choose_num_splits(1, 1, 10**9, torch.device(DEVICE)) <= MAX_SPLITS
 
 
@@ -277,9 +289,10 @@ def test_decode_replays_in_a_cuda_graph_with_new_lengths():
         assert rel_error(out, ref) < TOLERANCE[torch.bfloat16]
 
 
-def test_prefill_loop_keeps_two_tiles_in_flight_on_hopper():
-    """Compiled for sm_90 (no GPU needed), the paged prefill loop waits for at most 2 copy groups, as the
-    contiguous kernel does; looking a tile's page up in the same iteration made it wait for all of them."""
+def test_prefill_loop_loads_the_next_tile_during_the_math_on_hopper():
+    """Compiled for sm_90 (no GPU needed), the paged prefill loop leaves 2 copy groups (the next tile's K and
+    V) outstanding, as the contiguous kernel does; looking a tile's page up in the same iteration made it
+    wait for all of them."""
     import os
     import subprocess
     import sys
