@@ -194,8 +194,8 @@ def paged_p3() -> None:
     import triton.testing
 
     from ruvoninference.bench.kernels import (
-        DECODE_BATCHES, DECODE_HEADS, DECODE_KV_LENS, PREFILL_SEQ_LENS, TOKENS_PER_BATCH, _graph_time_us,
-        decode_cells, shuffled_tables)
+        DECODE_BATCHES, DECODE_HEADS, DECODE_KV_LENS, PREFILL_SEQ_LENS, _graph_time_us, decode_cells,
+        shuffled_tables)
     from ruvoninference.kernels.flash_attention import flash_attention_triton
 
     from flash_attn import flash_attn_with_kvcache
@@ -203,16 +203,8 @@ def paged_p3() -> None:
     mods = {name: variant_module(f"p3_{name}", reps) for name, reps in VARIANTS_P3.items()}
     for hq, hkv, d in DECODE_HEADS:
         for n in PREFILL_SEQ_LENS:
-            batch = TOKENS_PER_BATCH // n
+            batch, q, pool_k, pool_v, cu, lens, (qc, kc, vc) = prefill_cell_inputs(hq, hkv, d, n)
             cell = f"{hq}/{hkv}x{d} n={n} b={batch}"
-            q = torch.randn(batch * n, hq, d, device="cuda", dtype=torch.bfloat16)
-            pool_k = torch.randn(batch * n, hkv, d, device="cuda", dtype=torch.bfloat16)
-            pool_v = torch.randn_like(pool_k)
-            cu = torch.arange(0, batch * n + 1, n, dtype=torch.int32, device="cuda")
-            lens = torch.full((batch,), n, dtype=torch.int32, device="cuda")
-            qc = q.view(batch, n, hq, d).transpose(1, 2)
-            kc = pool_k.view(batch, n, hkv, d).transpose(1, 2).contiguous()
-            vc = pool_v.view(batch, n, hkv, d).transpose(1, 2).contiguous()
             runs = {"contiguous": lambda: flash_attention_triton(qc, kc, vc, causal=True)}
             for size in (16, 256):
                 t = shuffled_tables(batch, n, size, "cuda")
@@ -244,35 +236,43 @@ def paged_p3() -> None:
         torch.cuda.empty_cache()
 
 
+def prefill_cell_inputs(hq: int, hkv: int, d: int, n: int):
+    """Fresh prompts of n tokens filling TOKENS_PER_BATCH: packed q and K/V pools, cu_seqlens, lengths, and
+    the same numbers as [batch, heads, n, d] tensors for the contiguous kernel."""
+    import torch
+
+    from ruvoninference.bench.kernels import TOKENS_PER_BATCH
+
+    batch = TOKENS_PER_BATCH // n
+    q = torch.randn(batch * n, hq, d, device="cuda", dtype=torch.bfloat16)
+    pool_k = torch.randn(batch * n, hkv, d, device="cuda", dtype=torch.bfloat16)
+    pool_v = torch.randn_like(pool_k)
+    cu = torch.arange(0, batch * n + 1, n, dtype=torch.int32, device="cuda")
+    lens = torch.full((batch,), n, dtype=torch.int32, device="cuda")
+    contiguous = (q.view(batch, n, hq, d).transpose(1, 2),
+                  pool_k.view(batch, n, hkv, d).transpose(1, 2).contiguous(),
+                  pool_v.view(batch, n, hkv, d).transpose(1, 2).contiguous())
+    return batch, q, pool_k, pool_v, cu, lens, contiguous
+
+
 def paged_prefill_sweep() -> None:
-    """The prefill cells: each tile over pages of 16 and 256 (and an in-order table), and the contiguous kernel."""
+    """The prefill cells: each tile over pages of 16 and 256, and the contiguous kernel (autotuned)."""
     import torch
     import triton.testing
 
-    from ruvoninference.bench.kernels import DECODE_HEADS, PREFILL_SEQ_LENS, TOKENS_PER_BATCH, shuffled_tables
+    from ruvoninference.bench.kernels import DECODE_HEADS, PREFILL_SEQ_LENS, shuffled_tables
     from ruvoninference.kernels.flash_attention import _flash_attention_forward, flash_attention_triton
     from ruvoninference.kernels.paged_attention import Tile, paged_prefill_attention
 
     for hq, hkv, d in DECODE_HEADS:
         for n in PREFILL_SEQ_LENS:
-            batch = TOKENS_PER_BATCH // n
+            batch, q, pool_k, pool_v, cu, lens, (qc, kc, vc) = prefill_cell_inputs(hq, hkv, d, n)
             cell = f"{hq}/{hkv}x{d} n={n} b={batch}"
-            q = torch.randn(batch * n, hq, d, device="cuda", dtype=torch.bfloat16)
-            pool_k = torch.randn(batch * n, hkv, d, device="cuda", dtype=torch.bfloat16)
-            pool_v = torch.randn_like(pool_k)
-            cu = torch.arange(0, batch * n + 1, n, dtype=torch.int32, device="cuda")
-            lens = torch.full((batch,), n, dtype=torch.int32, device="cuda")
-            qc = q.view(batch, n, hq, d).transpose(1, 2)
-            kc = pool_k.view(batch, n, hkv, d).transpose(1, 2).contiguous()
-            vc = pool_v.view(batch, n, hkv, d).transpose(1, 2).contiguous()
             ms = triton.testing.do_bench(lambda: flash_attention_triton(qc, kc, vc, causal=True), return_mode="median")
             best = getattr(_flash_attention_forward, "best_config", None)
             print(json.dumps({"cell": cell, "provider": "contiguous", "ms": round(ms, 4), "tile": str(best)}), flush=True)
-            for size, order in ((16, "shuffled"), (256, "shuffled")):
-                if order == "shuffled":
-                    t = shuffled_tables(batch, n, size, "cuda")
-                else:
-                    t = torch.arange(batch * n // size, dtype=torch.int32, device="cuda").view(batch, -1)
+            for size in (16, 256):  # the p1 run also timed an in-order table: no difference from shuffled
+                t = shuffled_tables(batch, n, size, "cuda")
                 k, v = pool_k.view(-1, size, hkv, d), pool_v.view(-1, size, hkv, d)
                 for bm, bn, w, st in PREFILL_TILES:
                     tile = Tile(block_m=bm, block_n=bn, num_warps=w, num_stages=st)
@@ -282,9 +282,8 @@ def paged_prefill_sweep() -> None:
                         status = "ok"
                     except Exception as exc:
                         ms, status = None, f"{type(exc).__name__}: {str(exc)[:100]}"
-                    print(json.dumps({"cell": cell, "provider": f"paged{size}_{order}", "tile": [bm, bn, w, st],
+                    print(json.dumps({"cell": cell, "provider": f"paged{size}_shuffled", "tile": [bm, bn, w, st],
                                       "ms": ms and round(ms, 4), "status": status}), flush=True)
-            del q, pool_k, pool_v, kc, vc
             torch.cuda.empty_cache()
 
 
