@@ -5,6 +5,8 @@
   PYTHONPATH=. python3 scripts/kernel_explore.py --paged-ab     # decode: heuristic splits, tiles, grid order vs FA2
   PYTHONPATH=. python3 scripts/kernel_explore.py --paged-prefill   # prefill over pages: tiles
   PYTHONPATH=. python3 scripts/kernel_explore.py --paged-p3     # address-work variants, every cell, both kernels
+  PYTHONPATH=. python3 scripts/kernel_explore.py --paged-p4 OLD.py  # this kernel against an earlier copy
+                                                                 # (git show REV:ruvoninference/kernels/paged_attention.py)
 
 Prefill variants each run in their own process because the switches are read when the kernel is launched
 and the autotuner caches its choice per process. The paged sweep times, on a few decode cells, every tile
@@ -287,6 +289,91 @@ def paged_prefill_sweep() -> None:
             torch.cuda.empty_cache()
 
 
+def module_from_file(name: str, path: str):
+    """A kernel module imported from a file of its own (an earlier version, kept outside the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# Decode cells that missed 1.2x FA2 with a ceiling that allows it (kernel-notes.md, p3): splits x tiles.
+P4_DECODE_SWEEP = [(32, 8, 128, 1, 65536), (32, 8, 128, 1, 131072), (32, 8, 128, 8, 4096), (9, 3, 64, 8, 65536)]
+P4_DECODE_TILES = [(64, 4, 2), (64, 4, 3), (128, 4, 2), (32, 4, 2), (64, 8, 2)]
+
+
+def paged_p4(old_path: str) -> None:
+    """Version p4 (uniform loop bounds, 32-bit offsets) against the earlier kernel in `old_path`, side by side:
+    prefill at every tile of PREFILL_TILES (the old kernel at its own tile, the contiguous kernel autotuned),
+    decode at every cell (FA2 beside), and a split x tile sweep of the new decode at P4_DECODE_SWEEP."""
+    import torch
+    import triton.testing
+
+    from ruvoninference.bench.kernels import (
+        DECODE_BATCHES, DECODE_HEADS, DECODE_KV_LENS, PREFILL_SEQ_LENS, _graph_time_us, decode_cells,
+        shuffled_tables)
+    from ruvoninference.kernels import paged_attention as new
+    from ruvoninference.kernels.flash_attention import flash_attention_triton
+
+    from flash_attn import flash_attn_with_kvcache
+
+    old = module_from_file("paged_attention_old", old_path)
+    for hq, hkv, d in DECODE_HEADS:
+        for n in PREFILL_SEQ_LENS:
+            batch, q, pool_k, pool_v, cu, lens, (qc, kc, vc) = prefill_cell_inputs(hq, hkv, d, n)
+            cell = f"{hq}/{hkv}x{d} n={n} b={batch}"
+            runs = {("contiguous", None): lambda: flash_attention_triton(qc, kc, vc, causal=True)}
+            for size in (16, 256):
+                t = shuffled_tables(batch, n, size, "cuda")
+                k, v = pool_k.view(-1, size, hkv, d), pool_v.view(-1, size, hkv, d)
+                runs[(f"old{size}", None)] = lambda k=k, v=v, t=t: old.paged_prefill_attention(q, k, v, cu, lens, t)
+                for bm, bn, w, st in PREFILL_TILES:
+                    tile = new.Tile(block_m=bm, block_n=bn, num_warps=w, num_stages=st)
+                    runs[(f"new{size}", (bm, bn, w, st))] = (
+                        lambda k=k, v=v, t=t, tile=tile: new.paged_prefill_attention(q, k, v, cu, lens, t, tile=tile))
+            for (name, tile), fn in runs.items():
+                try:
+                    ms, status = triton.testing.do_bench(fn, return_mode="median"), "ok"
+                except Exception as exc:
+                    ms, status = None, f"{type(exc).__name__}: {str(exc)[:100]}"
+                print(json.dumps({"part": "prefill", "cell": cell, "run": name, "tile": tile,
+                                  "ms": ms and round(ms, 4), "status": status}), flush=True)
+            torch.cuda.empty_cache()
+    sweep = {c: None for c in P4_DECODE_SWEEP}
+    for hq, hkv, d, batch, kv_len in decode_cells(DECODE_BATCHES, DECODE_KV_LENS, DECODE_HEADS):
+        cell = f"{hq}/{hkv}x{d} b={batch} kv={kv_len}"
+        pool_k, pool_v, q, lens, kv_bytes = decode_cell_inputs(hq, hkv, d, batch, kv_len)
+        out = torch.empty_like(q)
+        tables = {size: shuffled_tables(batch, kv_len, size, "cuda") for size in (16, 256)}
+        k256, v256 = pool_k.view(-1, 256, hkv, d), pool_v.view(-1, 256, hkv, d)
+        runs = {("fa2", None, None): lambda: flash_attn_with_kvcache(q.unsqueeze(1), k256, v256, cache_seqlens=lens,
+                                                                     block_table=tables[256])}
+        for size in (16, 256):
+            k, v = pool_k.view(-1, size, hkv, d), pool_v.view(-1, size, hkv, d)
+            for name, mod in (("old", old), ("new", new)):
+                runs[(f"{name}{size}", None, None)] = (lambda mod=mod, k=k, v=v, t=tables[size]:
+                                                      mod.paged_decode_attention(q, k, v, t, lens, out=out))
+        if (hq, hkv, d, batch, kv_len) in sweep:
+            chosen = new.choose_num_splits(batch, hkv, kv_len, q.device, d)
+            for s in sorted({max(1, chosen // 2), chosen, chosen * 3 // 2, chosen * 2, chosen * 3}):
+                for t in P4_DECODE_TILES:
+                    runs[("new256", t, s)] = (lambda t=t, s=s: new.paged_decode_attention(
+                        q, k256, v256, tables[256], lens, out=out, num_splits=s, tile=new.Tile(*t)))
+        for (name, tile, splits), fn in runs.items():
+            try:
+                us, status = _graph_time_us(fn, rep=30), "ok"
+            except Exception as exc:
+                us, status = None, f"{type(exc).__name__}: {str(exc)[:100]}"
+            print(json.dumps({"part": "decode", "cell": cell, "run": name, "tile": tile, "splits": splits,
+                              "us": us and round(us, 2), "gbps": us and round(kv_bytes / us / 1e3),
+                              "status": status}), flush=True)
+        del pool_k, pool_v, runs
+        torch.cuda.empty_cache()
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--paged":
         paged_sweep()
@@ -296,6 +383,8 @@ if __name__ == "__main__":
         paged_p3()
     elif len(sys.argv) > 1 and sys.argv[1] == "--paged-prefill":
         paged_prefill_sweep()
+    elif len(sys.argv) > 2 and sys.argv[1] == "--paged-p4":
+        paged_p4(sys.argv[2])
     elif len(sys.argv) > 1 and sys.argv[1] == "--child":
         from ruvoninference.bench.kernels import run_benchmark
 

@@ -12,6 +12,13 @@ software pipeliner did with each loop. Two things to read in it:
   uv run python scripts/pipeline_probe.py            # the paged prefill/decode and contiguous kernels
   uv run python scripts/pipeline_probe.py --before   # plus the paged prefill as it was: each tile's page
                                                      # looked up in the iteration that loads the tile
+  uv run python scripts/pipeline_probe.py --sass     # plus each loop's machine code: its instruction count
+                                                     # and R2UR moves (version p4, kernel-notes.md)
+
+With --sass the kernel is assembled (Triton's bundled ptxas) and disassembled (its cuobjdump). Two numbers
+per loop body: how many instructions one iteration issues, and how many of them are R2UR, a move from a
+vector register to a uniform one. A loop whose bounds the compiler cannot prove warp-uniform keeps its
+counters in vector registers and moves each tensor-core descriptor across with R2UR, every iteration.
 
 The wait counts depend on the Triton version (the device image runs 3.6; `uv pip install --target DIR
 triton==3.6.0` and put DIR first on PYTHONPATH to read exactly what the GPU ran). Arguments are declared the
@@ -21,8 +28,11 @@ the divisibility hints the copies cannot be vectorized and nothing is pipelined 
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import sys
+import tempfile
 
 import triton
 from triton.backends.compiler import GPUTarget
@@ -32,8 +42,9 @@ from ruvoninference.kernels import flash_attention as fa
 from ruvoninference.kernels import paged_attention as pa
 
 
-def compile_for_hopper(fn, types: dict[str, str], constants: dict, num_warps: int, num_stages: int) -> str:
-    """The TTGIR of `fn` for sm_90; arguments not in `types` or `constants` are 32-bit integers."""
+def compile_for_hopper(fn, types: dict[str, str], constants: dict, num_warps: int, num_stages: int):
+    """`fn` compiled for sm_90 (`.asm` holds "ttgir", "ptx", "cubin"); arguments not in `types` or `constants`
+    are 32-bit integers."""
     constants = dict(constants)
     for name in fn.arg_names:
         if name.startswith("stride_") and name.endswith("d"):
@@ -42,9 +53,8 @@ def compile_for_hopper(fn, types: dict[str, str], constants: dict, num_warps: in
     hints = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names)
              if a not in constants and (signature[a].startswith("*") or a.startswith("stride_"))}
     source = ASTSource(fn=fn, signature=signature, constexprs=constants, attrs=hints)
-    kernel = triton.compile(source, target=GPUTarget("cuda", 90, 128),
-                            options={"num_warps": num_warps, "num_stages": num_stages})
-    return kernel.asm["ttgir"]
+    return triton.compile(source, target=GPUTarget("cuda", 90, 128),
+                          options={"num_warps": num_warps, "num_stages": num_stages})
 
 
 def loop_waits(ttgir: str) -> list[int]:
@@ -64,20 +74,40 @@ PAGED = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "BlockTables": "*i32", "Out":
 KERNELS = {
     "paged prefill, pages of 16": (pa._paged_prefill, {**PAGED, "CuSeqlensQ": "*i32", "SeqLensK": "*i32"},
                                    dict(HEAD_DIM=128, BLOCK_D=128, BLOCK_M=128, BLOCK_N=64, BLOCK_B=2, PAGE_SIZE=16,
-                                        CAUSAL=True), 8, 3),
+                                        CAUSAL=True, WIDE_OFFSETS=False, UNIFORM=True), 8, 3),
     "paged prefill, pages of 256": (pa._paged_prefill, {**PAGED, "CuSeqlensQ": "*i32", "SeqLensK": "*i32"},
                                     dict(HEAD_DIM=128, BLOCK_D=128, BLOCK_M=128, BLOCK_N=64, BLOCK_B=2, PAGE_SIZE=256,
-                                         CAUSAL=True), 8, 3),
+                                         CAUSAL=True, WIDE_OFFSETS=False, UNIFORM=True), 8, 3),
     "paged decode, pages of 256": (pa._paged_decode_split,
                                    {**PAGED, "SeqLens": "*i32", "PartOut": "*fp32", "PartLse": "*fp32"},
                                    dict(QUERIES_PER_KV=4, HEAD_DIM=128, BLOCK_D=128, BLOCK_G=16, BLOCK_N=64,
-                                        PAGE_SIZE=256, MIN_SPLIT=64, DIRECT=False), 4, 2),
+                                        PAGE_SIZE=256, MIN_SPLIT=64, DIRECT=False, WIDE_OFFSETS=False,
+                                        UNIFORM=True), 4, 2),
     "contiguous prefill": (fa._flash_attention_forward.fn,
                            {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "Out": "*bf16", "Mask": "*bf16",
                             "qk_scale": "fp32"},
                            dict(HEAD_DIM=128, BLOCK_D=128, CAUSAL=True, HAS_MASK=False, USE_TMA=False,
                                 BLOCK_M=128, BLOCK_N=64), 8, 3),
 }
+
+def sass_loops(cubin: bytes) -> list[dict[str, int]]:
+    """Each loop of the machine code (a backward branch and the instructions it jumps over): how many
+    instructions one iteration runs and how many of them are R2UR moves."""
+    tools = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        sass = subprocess.run([os.path.join(tools, "cuobjdump"), "-sass", f.name], capture_output=True, text=True,
+                              check=True).stdout
+    code = [(int(m.group(1), 16), m.group(2)) for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
+    loops = []
+    for address, text in code:
+        target = re.search(r"BRA\s+(?:`?\(?\.L_x_\d+\)?|0x([0-9a-f]+))", text)
+        if target and target.group(1) and int(target.group(1), 16) < address:
+            body = [t for a, t in code if int(target.group(1), 16) <= a <= address]
+            loops.append({"instructions": len(body), "r2ur": sum(" R2UR " in f" {t} " for t in body)})
+    return loops
+
 
 # The prefill before version p2 (docs/benchmarks/kernel-notes.md): no prefetch of the table entries.
 SAME_ITERATION_LOOKUP = [("PAGE_SIZE, CAUSAL, False, True,", "PAGE_SIZE, CAUSAL, False, False,"),
@@ -90,8 +120,19 @@ if __name__ == "__main__":
         before = variant_module("paged_before_p2", SAME_ITERATION_LOOKUP)
         KERNELS["paged prefill, pages of 256, before p2"] = (before._paged_prefill,) + KERNELS[
             "paged prefill, pages of 256"][1:]
+    if "--sass" in sys.argv:  # the loops as they were before p4: bounds not marked uniform, 64-bit offsets
+        for page in (16, 256):
+            fn, types, constants, warps, stages = KERNELS[f"paged prefill, pages of {page}"]
+            KERNELS[f"paged prefill, pages of {page}, before p4"] = (
+                fn, types, {**constants, "WIDE_OFFSETS": True, "UNIFORM": False}, warps, stages)
     print(f"triton {triton.__version__}, target sm_90")
     for label, (fn, types, constants, warps, stages) in KERNELS.items():
-        ir = compile_for_hopper(fn, types, constants, warps, stages)
-        print(f"{label} | num_stages={stages} | async copies: {ir.count('ttg.async_copy_global_to_local')} | "
-              f"loop waits: {loop_waits(ir)}")
+        kernel = compile_for_hopper(fn, types, constants, warps, stages)
+        ir = kernel.asm["ttgir"]
+        line = (f"{label} | num_stages={stages} | async copies: {ir.count('ttg.async_copy_global_to_local')} | "
+                f"loop waits: {loop_waits(ir)}")
+        if "--sass" in sys.argv:
+            loops = sass_loops(kernel.asm["cubin"])
+            line += (f" | loop instructions: {[lp['instructions'] for lp in loops]}"
+                     f" | loop R2UR: {[lp['r2ur'] for lp in loops]}")
+        print(line)

@@ -116,18 +116,43 @@ def prefill_tile(head_dim: int, avg_query_len: float, block_size: int = 256) -> 
 
 
 @triton.jit
-def _tile_pages(table_row, start_n, offs_n, seq_len, PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr):
+def _warp_uniform(x, ON: tl.constexpr):
+    """`x`, a 32-bit integer every thread of the program holds the same value of, marked as warp-uniform.
+
+    Why this matters: Hopper has a second, "uniform" datapath (one register per warp instead of per
+    thread) that runs loop counters, shared-memory addresses and the tensor-core descriptors of `tl.dot`
+    beside the vector math. The compiler puts a value there only when it can prove every thread of the
+    warp agrees on it. Kernel arguments and program ids qualify; a value loaded from memory (a sequence
+    length, a block-table entry) does not, even when every thread loaded the same address. With the loop
+    bounds loaded, every per-iteration counter fell back to vector registers and each tile's descriptors
+    were moved across one by one: 10% more instructions in the prefill loop (read in the SASS, see
+    docs/benchmarks/kernel-notes.md, p4). `redux.sync.max` over the warp returns the same value, but into a
+    uniform register, and that is the whole trick. Off under the interpreter, which runs no PTX.
+    """
+    if ON:
+        return tl.inline_asm_elementwise("redux.sync.max.s32 $0, $1, -1;", "=r,r", [x], dtype=tl.int32,
+                                         is_pure=True, pack=1)
+    else:
+        return x
+
+
+@triton.jit
+def _tile_pages(table_row, start_n, offs_n, seq_len, PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
+                UNIFORM: tl.constexpr):
     """Which page holds each key of the tile [start_n, start_n + BLOCK_N): the paging indirection.
 
     Pages and tiles are powers of two and tiles start aligned, so when a page is at least a tile long the
-    whole tile sits in one page: one table entry. Smaller pages: one entry per key (repeats hit L1). Keys
-    past seq_len get page 0, whose rows the caller never uses.
+    whole tile sits in one page: one table entry, the same for every thread. Smaller pages: one entry per
+    key (repeats hit L1). Keys past seq_len get page 0, whose rows the caller never uses. Positions are
+    never negative, so a tile's are divided as unsigned numbers: a shift per key, where signed division by
+    a power of two takes three instructions to round towards zero.
     """
     if PAGE_SIZE >= BLOCK_N:
-        return tl.load(table_row + start_n // PAGE_SIZE, mask=start_n < seq_len, other=0)
+        page = tl.load(table_row + start_n // PAGE_SIZE, mask=start_n < seq_len, other=0)
+        return _warp_uniform(page, UNIFORM)
     else:
         cols = start_n + offs_n
-        return tl.load(table_row + cols // PAGE_SIZE, mask=cols < seq_len, other=0)
+        return tl.load(table_row + cols.to(tl.uint32) // PAGE_SIZE, mask=cols < seq_len, other=0)
 
 
 @triton.jit
@@ -139,6 +164,7 @@ def _attend_pages(
     lo, hi, diagonal, seq_len, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr,
     CAUSAL: tl.constexpr, MASKED: tl.constexpr, PREFETCH_PAGES: tl.constexpr,
+    WIDE_OFFSETS: tl.constexpr, UNIFORM: tl.constexpr,
 ):
     """Fold the keys [lo, hi) of one sequence, read through its block table, into (acc, l, m).
 
@@ -152,23 +178,30 @@ def _attend_pages(
     took turns (`scripts/pipeline_probe.py --before` shows the compiled loop's wait counts).
     Decode does not prefetch: there many small programs per SM hide the latency, and carrying the entries
     of 16-token pages across iterations made it up to a third slower (docs/benchmarks/kernel-notes.md, p2).
+
+    WIDE_OFFSETS: a key's offset in the cache, page · stride + row · stride, is computed in 64 bits only
+    when the cache spans 2^31 elements or more (the wrapper decides). In 32 bits it is one multiply-add per
+    row; in 64 bits a multiply-add pair and a carry, per row, per iteration (p4).
     """
     d_ok = offs_d < HEAD_DIM
     if PREFETCH_PAGES:
-        next_pages = _tile_pages(table_row, lo, offs_n, seq_len, PAGE_SIZE, BLOCK_N)
+        next_pages = _tile_pages(table_row, lo, offs_n, seq_len, PAGE_SIZE, BLOCK_N, UNIFORM)
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         cols = start_n + offs_n  # [BLOCK_N] token positions within the sequence
         if PREFETCH_PAGES:
-            pages = next_pages.to(tl.int64)
-            next_pages = _tile_pages(table_row, start_n + BLOCK_N, offs_n, seq_len, PAGE_SIZE, BLOCK_N)
+            pages = next_pages
+            next_pages = _tile_pages(table_row, start_n + BLOCK_N, offs_n, seq_len, PAGE_SIZE, BLOCK_N, UNIFORM)
         else:
-            pages = _tile_pages(table_row, start_n, offs_n, seq_len, PAGE_SIZE, BLOCK_N).to(tl.int64)
+            pages = _tile_pages(table_row, start_n, offs_n, seq_len, PAGE_SIZE, BLOCK_N, UNIFORM)
+        if WIDE_OFFSETS:
+            pages = pages.to(tl.int64)
+        # Row within the page: BLOCK_N consecutive rows of one page, or each key's own row of a small page.
         if PAGE_SIZE >= BLOCK_N:
-            first = tl.multiple_of(start_n % PAGE_SIZE, BLOCK_N)  # BLOCK_N consecutive rows of one page
-            rows = pages * stride_kb + (first + offs_n) * stride_kt
+            in_page = tl.multiple_of(start_n.to(tl.uint32) % PAGE_SIZE, BLOCK_N).to(tl.int32) + offs_n
         else:
-            rows = pages * stride_kb + (cols % PAGE_SIZE) * stride_kt
+            in_page = (cols.to(tl.uint32) % PAGE_SIZE).to(tl.int32)
+        rows = pages * stride_kb + in_page * stride_kt  # a scalar page base when the page spans the tile
         # K comes in transposed, [d, BLOCK_N], so Q K^T is a plain [M, d] x [d, BLOCK_N] product.
         k_ptrs = k_cache + rows[None, :] + offs_d[:, None] * stride_kd
         v_ptrs = v_cache + rows[:, None] + offs_d[None, :] * stride_kd
@@ -229,6 +262,7 @@ def _paged_decode_split(
     NUM_SPLITS,
     QUERIES_PER_KV: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr,
     BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, MIN_SPLIT: tl.constexpr, DIRECT: tl.constexpr,
+    WIDE_OFFSETS: tl.constexpr, UNIFORM: tl.constexpr,
 ):
     # -- ours: split `split` of sequence `batch`, for all the query heads of KV head `kv_head` -----------
     # KV heads vary fastest across the grid: the programs running side by side read the neighbouring
@@ -236,7 +270,7 @@ def _paged_decode_split(
     kv_head = tl.program_id(0)
     batch = tl.program_id(1)
     split = tl.program_id(2)
-    seq_len = tl.load(SeqLens + batch)
+    seq_len = _warp_uniform(tl.load(SeqLens + batch), UNIFORM)
     start, end, _ = _split_range(seq_len, split, NUM_SPLITS, MIN_SPLIT, BLOCK_N)
     if not DIRECT:
         if start >= seq_len:
@@ -261,12 +295,12 @@ def _paged_decode_split(
     acc, l_i, m_i = _attend_pages(
         acc, l_i, m_i, q, k_cache, v_cache, table_row, stride_kb, stride_kt, stride_kd,
         offs_g, offs_n, offs_d, start, full_end, 0, seq_len, qk_scale,
-        HEAD_DIM, BLOCK_D, BLOCK_N, PAGE_SIZE, False, False, False,
+        HEAD_DIM, BLOCK_D, BLOCK_N, PAGE_SIZE, False, False, False, WIDE_OFFSETS, UNIFORM,
     )
     acc, l_i, m_i = _attend_pages(
         acc, l_i, m_i, q, k_cache, v_cache, table_row, stride_kb, stride_kt, stride_kd,
         offs_g, offs_n, offs_d, full_end, end, 0, seq_len, qk_scale,
-        HEAD_DIM, BLOCK_D, BLOCK_N, PAGE_SIZE, False, True, False,
+        HEAD_DIM, BLOCK_D, BLOCK_N, PAGE_SIZE, False, True, False, WIDE_OFFSETS, UNIFORM,
     )
 
     safe_l = tl.where(l_i == 0.0, 1.0, l_i)
@@ -325,6 +359,23 @@ def _paged_decode_merge(
 @functools.lru_cache(maxsize=None)
 def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+@functools.lru_cache(maxsize=None)
+def _has_redux(device_index: int) -> bool:
+    """`redux.sync`, behind _warp_uniform, exists on NVIDIA GPUs of compute capability 8.0 and newer."""
+    return torch.version.hip is None and torch.cuda.get_device_capability(device_index)[0] >= 8
+
+
+def _uniform_hint(t: torch.Tensor) -> bool:
+    """Whether the kernels may mark loaded lengths and page numbers warp-uniform (compiled, NVIDIA, sm_80+)."""
+    return t.is_cuda and not _interpreting() and _has_redux(t.device.index if t.device.index is not None
+                                                              else torch.cuda.current_device())
+
+
+def needs_wide_offsets(cache: torch.Tensor) -> bool:
+    """Whether an element's offset in the cache can reach 2^31: then the kernels compute offsets in 64 bits."""
+    return sum((size - 1) * stride for size, stride in zip(cache.shape, cache.stride())) >= 2**31
 
 
 def programs_per_sm(head_dim: int) -> int:
@@ -439,6 +490,7 @@ def paged_decode_attention(
         splits,
         QUERIES_PER_KV=group, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_G=max(16, triton.next_power_of_2(group)),
         BLOCK_N=tile.block_n, PAGE_SIZE=block_size, MIN_SPLIT=min_split, DIRECT=direct,
+        WIDE_OFFSETS=needs_wide_offsets(k_cache), UNIFORM=_uniform_hint(q),
         num_warps=tile.num_warps, num_stages=tile.num_stages,
     )
     if not direct:
@@ -464,6 +516,7 @@ def _paged_prefill(
     NUM_SEQS, QUERIES_PER_KV,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_B: tl.constexpr, PAGE_SIZE: tl.constexpr, CAUSAL: tl.constexpr,
+    WIDE_OFFSETS: tl.constexpr, UNIFORM: tl.constexpr,
 ):
     # -- which sequence and which of its query tiles is ours ------------------------------------------
     tile = tl.program_id(0)
@@ -475,13 +528,14 @@ def _paged_prefill(
     seqs = tl.arange(0, BLOCK_B)
     cu = tl.load(CuSeqlensQ + seqs, mask=seqs < NUM_SEQS, other=1 << 30)
     first_tiles = cu // BLOCK_M + seqs  # sequence b's tiles are numbered from here (see the module notes)
-    seq = tl.sum((first_tiles <= tile).to(tl.int32), 0) - 1
-    q_start = tl.load(CuSeqlensQ + seq)
-    n_q = tl.load(CuSeqlensQ + seq + 1) - q_start
+    # Every thread agrees on these; saying so keeps the loop's bookkeeping uniform (see _warp_uniform).
+    seq = _warp_uniform(tl.sum((first_tiles <= tile).to(tl.int32), 0) - 1, UNIFORM)
+    q_start = _warp_uniform(tl.load(CuSeqlensQ + seq), UNIFORM)
+    n_q = _warp_uniform(tl.load(CuSeqlensQ + seq + 1), UNIFORM) - q_start
     start_m = tile - (q_start // BLOCK_M + seq)  # our tile within the sequence's chunk
     if start_m * BLOCK_M >= n_q:
         return  # a spare slot of the numbering (or an empty chunk)
-    seq_len = tl.load(SeqLensK + seq)
+    seq_len = _warp_uniform(tl.load(SeqLensK + seq), UNIFORM)
     kv_head = head // QUERIES_PER_KV
 
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)  # query index within the chunk
@@ -513,12 +567,12 @@ def _paged_prefill(
     acc, l_i, m_i = _attend_pages(
         acc, l_i, m_i, q, k_cache, v_cache, table_row, stride_kb, stride_kt, stride_kd,
         offs_m, offs_n, offs_d, 0, unmasked_end, diagonal, seq_len, qk_scale,
-        HEAD_DIM, BLOCK_D, BLOCK_N, PAGE_SIZE, CAUSAL, False, True,
+        HEAD_DIM, BLOCK_D, BLOCK_N, PAGE_SIZE, CAUSAL, False, True, WIDE_OFFSETS, UNIFORM,
     )
     acc, l_i, m_i = _attend_pages(
         acc, l_i, m_i, q, k_cache, v_cache, table_row, stride_kb, stride_kt, stride_kd,
         offs_m, offs_n, offs_d, unmasked_end, end, diagonal, seq_len, qk_scale,
-        HEAD_DIM, BLOCK_D, BLOCK_N, PAGE_SIZE, CAUSAL, True, True,
+        HEAD_DIM, BLOCK_D, BLOCK_N, PAGE_SIZE, CAUSAL, True, True, WIDE_OFFSETS, UNIFORM,
     )
     l_i = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_i[:, None]
@@ -573,6 +627,7 @@ def paged_prefill_attention(
         batch, heads_q // heads_kv,
         HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_M=tile.block_m, BLOCK_N=tile.block_n,
         BLOCK_B=triton.next_power_of_2(batch + 1), PAGE_SIZE=block_size, CAUSAL=bool(causal),
+        WIDE_OFFSETS=needs_wide_offsets(k_cache), UNIFORM=_uniform_hint(q),
         num_warps=tile.num_warps, num_stages=tile.num_stages,
     )
     return out

@@ -16,6 +16,7 @@ from ruvoninference.kernels.paged_attention import (
     Tile,
     choose_num_splits,
     min_tokens_per_split,
+    needs_wide_offsets,
     paged_decode_attention,
     paged_prefill_attention,
     reference_paged_decode,
@@ -173,6 +174,42 @@ def test_prefill_of_whole_prompts_matches_decode_rows():
     torch.testing.assert_close(pre[[22, 62]], dec, atol=2e-3, rtol=2e-3)
 
 
+def far_pages_cache(block_size, heads_kv, head_dim, dtype, gen, pages=5):
+    """K/V caches of `pages` pages spaced 2^29 elements apart, so the last page starts at element 2^31:
+    a key there is reached only with 64-bit offsets. The memory between pages is reserved, never written
+    (about 4 GiB of address space each, a few pages of it touched)."""
+    spacing = 2**29
+    caches = []
+    for _ in range(2):
+        base = torch.empty((pages - 1) * spacing + block_size * heads_kv * head_dim, dtype=dtype, device=DEVICE)
+        cache = base.as_strided((pages, block_size, heads_kv, head_dim),
+                                (spacing, heads_kv * head_dim, head_dim, 1))
+        for p in range(pages):
+            cache[p] = torch.randn(block_size, heads_kv, head_dim, generator=gen, device=DEVICE, dtype=dtype)
+        caches.append(cache)
+    return caches
+
+
+def test_offsets_past_2_31_elements_use_64_bits():
+    assert not needs_wide_offsets(torch.empty(4, 16, 2, 64))
+    assert needs_wide_offsets(torch.empty(0, device="meta").as_strided((2, 16, 2, 64), (2**31, 128, 64, 1)))
+    gen = torch.Generator(device=DEVICE).manual_seed(3)
+    k, v = far_pages_cache(16, 2, 32, torch.float16, gen)
+    assert needs_wide_offsets(k)
+    # The far page (4) is read first, last and in the middle, by decode and by prefill.
+    tables = torch.tensor([[4, 0, 3, 4], [2, 4, 1, UNUSED]], dtype=torch.int32, device=DEVICE)
+    lens = torch.tensor([60, 40], dtype=torch.int32, device=DEVICE)
+    q = torch.randn(2, 4, 32, generator=gen, device=DEVICE, dtype=torch.float16)
+    out = torch.full_like(q, float("nan"))
+    paged_decode_attention(q, k, v, tables, lens, num_splits=2, out=out)
+    assert rel_error(out, reference_paged_decode(q, k, v, tables, lens)) < TOLERANCE[torch.float16]
+    cu = torch.tensor([0, 20, 27], dtype=torch.int32, device=DEVICE)
+    qp = torch.randn(27, 4, 32, generator=gen, device=DEVICE, dtype=torch.float16)
+    out = torch.full_like(qp, float("nan"))
+    paged_prefill_attention(qp, k, v, cu, lens, tables, out=out)
+    assert rel_error(out, reference_paged_prefill(qp, k, v, cu, lens, tables)) < TOLERANCE[torch.float16]
+
+
 # -- the contract ----------------------------------------------------------------------------------------
 
 def test_split_count_depends_on_shapes_only():
@@ -290,9 +327,10 @@ def test_decode_replays_in_a_cuda_graph_with_new_lengths():
 
 
 def test_prefill_loop_loads_the_next_tile_during_the_math_on_hopper():
-    """Compiled for sm_90 (no GPU needed), the paged prefill loop leaves 2 copy groups (the next tile's K and
-    V) outstanding, as the contiguous kernel does; looking a tile's page up in the same iteration made it
-    wait for all of them."""
+    """Compiled for sm_90 (no GPU needed): the paged prefill loop leaves 2 copy groups (the next tile's K and
+    V) outstanding, as the contiguous kernel does (looking a tile's page up in the same iteration made it
+    wait for all of them), keeps its bookkeeping in uniform registers (no R2UR moves: p4's _warp_uniform),
+    and issues about as many instructions per iteration as the contiguous kernel."""
     import os
     import subprocess
     import sys
@@ -301,11 +339,22 @@ def test_prefill_loop_loads_the_next_tile_during_the_math_on_hopper():
     root = Path(__file__).resolve().parents[2]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
-    run = subprocess.run([sys.executable, str(root / "scripts" / "pipeline_probe.py"), "--before"],
+    run = subprocess.run([sys.executable, str(root / "scripts" / "pipeline_probe.py"), "--before", "--sass"],
                          capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
-    waits = {line.split(" | ")[0]: line.rsplit("loop waits: ", 1)[1]
-             for line in run.stdout.splitlines() if "loop waits" in line}
+    fields = {line.split(" | ")[0]: dict(f.split(": ", 1) for f in line.split(" | ")[2:])
+              for line in run.stdout.splitlines() if "loop waits" in line}
+    waits = {label: f["loop waits"] for label, f in fields.items()}
     assert waits["paged prefill, pages of 16"] == waits["paged prefill, pages of 256"] == "[2, 2]", waits
     assert waits["contiguous prefill"] == "[2, 2]", waits
     assert waits["paged prefill, pages of 256, before p2"] == "[0, 0]", waits
+
+    def loops(label, key):
+        return [int(x) for x in fields[label][key].strip("[]").split(",")]
+
+    contiguous = loops("contiguous prefill", "loop instructions")[0]
+    for page, allowed in ((256, 1.05), (16, 1.15)):
+        label = f"paged prefill, pages of {page}"
+        assert loops(label, "loop R2UR") == [0, 0], fields[label]
+        assert sum(loops(label + ", before p4", "loop R2UR")) > 0, "the probe no longer sees the moves p4 removed"
+        assert loops(label, "loop instructions")[0] <= allowed * contiguous, (fields[label], contiguous)
