@@ -616,8 +616,8 @@ def run_paged_benchmark(
         "decode_timing": "triton.testing.do_bench_cudagraph median (CUDA-graph replays), microseconds",
         "prefill_timing": "triton.testing.do_bench median, ms",
         "decode_tile": {d: pa.decode_tile(d).describe() for d in sorted({h[2] for h in heads})},
-        "prefill_tile": {f"d={d} pages={size} seq_len={n}": pa.prefill_tile(d, n, size).describe()
-                         for d in sorted({h[2] for h in heads}) for size in (16, 256) for n in prefill_seq_lens},
+        "prefill_tile": {f"d={d} seq_len={n}": pa.prefill_tile(d, n).describe()
+                         for d in sorted({h[2] for h in heads}) for n in prefill_seq_lens},
         "split_policy": {"programs_per_sm": {d: pa.programs_per_sm(d) for d in sorted({h[2] for h in heads})},
                          "min_tokens_per_split": pa.MIN_TOKENS_PER_SPLIT,
                          "max_splits": pa.MAX_SPLITS},
@@ -719,8 +719,8 @@ def paged_markdown(report: PagedReport, command: str) -> str:
         lines += [
             "", "## Prefill over pages against our contiguous kernel (causal, fresh prompts)", "",
             f"batch × seq_len = {TOKENS_PER_BATCH} tokens; ms (median of do_bench) and TFLOP/s. The contiguous "
-            "kernel autotunes its tile; the paged one uses a fixed tile per head_dim, page size and prompt "
-            "length (`prefill_tile`): " + "; ".join(f"{k}: {t}" for k, t in report.config["prefill_tile"].items())
+            "kernel autotunes its tile; the paged one uses a fixed tile per head_dim and prompt length, the same "
+            "for both page sizes (`prefill_tile`): " + "; ".join(f"{k}: {t}" for k, t in report.config["prefill_tile"].items())
             + ".", "",
             "| heads q/kv x d | seq_len | batch | paged 16 ms | paged 256 ms | contiguous ms | paged 16 TFLOP/s "
             "| contiguous TFLOP/s | contiguous/paged 16 | contiguous/paged 256 |",

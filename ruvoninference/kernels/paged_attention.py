@@ -93,12 +93,13 @@ def decode_tile(head_dim: int) -> Tile:
     return Tile(block_n=32 if head_dim > 128 else 64, num_warps=4, num_stages=2)
 
 
-def prefill_tile(head_dim: int, avg_query_len: float, block_size: int = 256) -> Tile:
-    """The prefill kernel's tile, from the H200 sweep (docs/benchmarks/h200-paged/explore-prefill-p2.jsonl).
+def prefill_tile(head_dim: int, avg_query_len: float) -> Tile:
+    """The prefill kernel's tile, from the H200 sweep of version p4 (docs/benchmarks/h200-paged/explore-p4.jsonl).
 
-    Small pages favour 128 query rows (each gathered key tile then serves more of them); pages of 128 or
-    more let d = 128 take 128 keys per step; prompts of ~1k tokens or fewer favour 64-row tiles (more
-    programs to fill the GPU), as in the contiguous kernel's autotuned choices.
+    The same for every page size: once the paging cost only its table lookups (p4), the page size stopped
+    deciding the tile. head_dim 64 and prompts of ~1k tokens or fewer favour 64-row tiles (more programs to
+    fill the GPU, as in the contiguous kernel's autotuned choices); longer prompts at head_dim 128 take 128
+    query rows and 128 keys per step on two warpgroups.
     """
     if _interpreting():
         return Tile(block_m=16, block_n=16, num_warps=4, num_stages=1)
@@ -106,12 +107,8 @@ def prefill_tile(head_dim: int, avg_query_len: float, block_size: int = 256) -> 
         return Tile(block_m=16, block_n=64, num_warps=4, num_stages=3)
     if head_dim > 128:
         return Tile(block_m=64, block_n=32, num_warps=4, num_stages=2)
-    if block_size < 128:
-        return Tile(block_m=128, block_n=64, num_warps=4 if head_dim <= 64 else 8, num_stages=3)
-    if avg_query_len <= 1024:
+    if head_dim <= 64 or avg_query_len <= 1024:
         return Tile(block_m=64, block_n=64, num_warps=4, num_stages=3)
-    if head_dim <= 64:
-        return Tile(block_m=128, block_n=64, num_warps=8, num_stages=3)
     return Tile(block_m=128, block_n=128, num_warps=8, num_stages=3)
 
 
@@ -615,7 +612,7 @@ def paged_prefill_attention(
         out = torch.empty_like(q)
     if batch == 0 or total == 0:
         return out
-    tile = tile or prefill_tile(head_dim, total / batch, block_size)
+    tile = tile or prefill_tile(head_dim, total / batch)
     grid = (total // tile.block_m + batch, heads_q)
     _paged_prefill[grid](
         q, k_cache, v_cache, cu_seqlens_q, seq_lens_k, block_tables, out,
