@@ -199,16 +199,17 @@ def _attend_pages(
         else:
             in_page = (cols.to(tl.uint32) % PAGE_SIZE).to(tl.int32)
         rows = pages * stride_kb + in_page * stride_kt  # a scalar page base when the page spans the tile
-        # K comes in transposed, [d, BLOCK_N], so Q K^T is a plain [M, d] x [d, BLOCK_N] product.
-        k_ptrs = k_cache + rows[None, :] + offs_d[:, None] * stride_kd
+        # K and V tiles are both loaded as [BLOCK_N, d], in one layout, so one set of row offsets (and, for
+        # small pages, one set of table lookups) serves both; the tensor cores read K transposed for free.
+        k_ptrs = k_cache + rows[:, None] + offs_d[None, :] * stride_kd
         v_ptrs = v_cache + rows[:, None] + offs_d[None, :] * stride_kd
         if MASKED:
-            k = tl.load(k_ptrs, mask=(cols[None, :] < seq_len) & d_ok[:, None], other=0.0)
+            k = tl.load(k_ptrs, mask=(cols[:, None] < seq_len) & d_ok[None, :], other=0.0)
         elif BLOCK_D != HEAD_DIM:
-            k = tl.load(k_ptrs, mask=d_ok[:, None], other=0.0)
+            k = tl.load(k_ptrs, mask=d_ok[None, :], other=0.0)
         else:
             k = tl.load(k_ptrs)
-        qk = tl.dot(q, k)  # [M, BLOCK_N] raw scores, fp32
+        qk = tl.dot(q, tl.trans(k))  # [M, d] x [d, BLOCK_N]: raw scores, fp32
 
         if MASKED:
             keep = cols[None, :] < seq_len
