@@ -120,6 +120,24 @@ def paged_ab() -> None:
         torch.cuda.empty_cache()
 
 
+def decode_cell_with_fa2(hq: int, hkv: int, d: int, batch: int, kv_len: int):
+    """One decode cell's name, inputs (decode_cell_inputs), an output buffer, shuffled tables for pages of 16 and
+    256, and FlashAttention-2 on the 256-token pages as a callable."""
+    import torch
+
+    from ruvoninference.bench.kernels import shuffled_tables
+
+    from flash_attn import flash_attn_with_kvcache
+
+    pool_k, pool_v, q, lens, kv_bytes = decode_cell_inputs(hq, hkv, d, batch, kv_len)
+    tables = {size: shuffled_tables(batch, kv_len, size, "cuda") for size in (16, 256)}
+    k256, v256 = pool_k.view(-1, 256, hkv, d), pool_v.view(-1, 256, hkv, d)
+    fa2 = lambda: flash_attn_with_kvcache(q.unsqueeze(1), k256, v256, cache_seqlens=lens,  # noqa: E731
+                                          block_table=tables[256])
+    return (f"{hq}/{hkv}x{d} b={batch} kv={kv_len}", pool_k, pool_v, q, lens, kv_bytes, torch.empty_like(q), tables,
+            fa2)
+
+
 def decode_cell_inputs(hq: int, hkv: int, d: int, batch: int, kv_len: int):
     """Random bf16 K/V pools of batch x kv_len tokens, one query per sequence, full lengths, the K+V bytes."""
     import torch
@@ -200,8 +218,6 @@ def paged_p3() -> None:
         shuffled_tables)
     from ruvoninference.kernels.flash_attention import flash_attention_triton
 
-    from flash_attn import flash_attn_with_kvcache
-
     mods = {name: variant_module(f"p3_{name}", reps) for name, reps in VARIANTS_P3.items()}
     for hq, hkv, d in DECODE_HEADS:
         for n in PREFILL_SEQ_LENS:
@@ -218,13 +234,8 @@ def paged_p3() -> None:
                 ms = triton.testing.do_bench(fn, return_mode="median")
                 print(json.dumps({"part": "prefill", "cell": cell, "run": name, "ms": round(ms, 4)}), flush=True)
     for hq, hkv, d, batch, kv_len in decode_cells(DECODE_BATCHES, DECODE_KV_LENS, DECODE_HEADS):
-        cell = f"{hq}/{hkv}x{d} b={batch} kv={kv_len}"
-        pool_k, pool_v, q, lens, kv_bytes = decode_cell_inputs(hq, hkv, d, batch, kv_len)
-        out = torch.empty_like(q)
-        tables = {size: shuffled_tables(batch, kv_len, size, "cuda") for size in (16, 256)}
-        k256, v256 = pool_k.view(-1, 256, hkv, d), pool_v.view(-1, 256, hkv, d)
-        runs = {"fa2": lambda: flash_attn_with_kvcache(q.unsqueeze(1), k256, v256, cache_seqlens=lens,
-                                                       block_table=tables[256])}
+        cell, pool_k, pool_v, q, lens, kv_bytes, out, tables, fa2 = decode_cell_with_fa2(hq, hkv, d, batch, kv_len)
+        runs = {"fa2": fa2}
         for size in (16, 256):
             k, v = pool_k.view(-1, size, hkv, d), pool_v.view(-1, size, hkv, d)
             for name, mod in mods.items():
@@ -318,8 +329,6 @@ def paged_p4(old_path: str) -> None:
     from ruvoninference.kernels import paged_attention as new
     from ruvoninference.kernels.flash_attention import flash_attention_triton
 
-    from flash_attn import flash_attn_with_kvcache
-
     old = module_from_file("paged_attention_old", old_path)
     for hq, hkv, d in DECODE_HEADS:
         for n in PREFILL_SEQ_LENS:
@@ -344,13 +353,9 @@ def paged_p4(old_path: str) -> None:
             torch.cuda.empty_cache()
     sweep = {c: None for c in P4_DECODE_SWEEP}
     for hq, hkv, d, batch, kv_len in decode_cells(DECODE_BATCHES, DECODE_KV_LENS, DECODE_HEADS):
-        cell = f"{hq}/{hkv}x{d} b={batch} kv={kv_len}"
-        pool_k, pool_v, q, lens, kv_bytes = decode_cell_inputs(hq, hkv, d, batch, kv_len)
-        out = torch.empty_like(q)
-        tables = {size: shuffled_tables(batch, kv_len, size, "cuda") for size in (16, 256)}
+        cell, pool_k, pool_v, q, lens, kv_bytes, out, tables, fa2 = decode_cell_with_fa2(hq, hkv, d, batch, kv_len)
         k256, v256 = pool_k.view(-1, 256, hkv, d), pool_v.view(-1, 256, hkv, d)
-        runs = {("fa2", None, None): lambda: flash_attn_with_kvcache(q.unsqueeze(1), k256, v256, cache_seqlens=lens,
-                                                                     block_table=tables[256])}
+        runs = {("fa2", None, None): fa2}
         for size in (16, 256):
             k, v = pool_k.view(-1, size, hkv, d), pool_v.view(-1, size, hkv, d)
             for name, mod in (("old", old), ("new", new)):

@@ -120,11 +120,12 @@ if __name__ == "__main__":
         before = variant_module("paged_before_p2", SAME_ITERATION_LOOKUP)
         KERNELS["paged prefill, pages of 256, before p2"] = (before._paged_prefill,) + KERNELS[
             "paged prefill, pages of 256"][1:]
-    if "--sass" in sys.argv:  # the loops as they were before p4: bounds not marked uniform, 64-bit offsets
+    if "--sass" in sys.argv:  # p4's two switches undone, each alone and both ("before p4")
         for page in (16, 256):
             fn, types, constants, warps, stages = KERNELS[f"paged prefill, pages of {page}"]
-            KERNELS[f"paged prefill, pages of {page}, before p4"] = (
-                fn, types, {**constants, "WIDE_OFFSETS": True, "UNIFORM": False}, warps, stages)
+            for label, switches in (("64-bit offsets", {"WIDE_OFFSETS": True}), ("not uniform", {"UNIFORM": False}),
+                                    ("before p4", {"WIDE_OFFSETS": True, "UNIFORM": False})):
+                KERNELS[f"paged prefill, pages of {page}, {label}"] = (fn, types, {**constants, **switches}, warps, stages)
     print(f"triton {triton.__version__}, target sm_90")
     for label, (fn, types, constants, warps, stages) in KERNELS.items():
         kernel = compile_for_hopper(fn, types, constants, warps, stages)
