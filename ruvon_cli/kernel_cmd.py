@@ -24,8 +24,10 @@ def _load(path: str) -> dict:
         return json.load(f)
 
 
-def _emit(data: dict, md: str, json_path, markdown_path, plot, draw, report) -> None:
-    console.print(md, markup=False, highlight=False)
+def _emit(data: dict, md: str, json_path, markdown_path, plot, draw, report, table) -> None:
+    """The terminal gets the table; the files get everything (JSON, the full markdown table, the plot)."""
+    console.print(table)
+    console.print(f"[dim]{data['command']}[/dim]")
     render.write_json(json_path, data)
     render.write_text(markdown_path, md)
     if plot:
@@ -41,6 +43,7 @@ def kernel_benchmark(
     seq_len: SeqLens = None,
     head_dim: Annotated[Optional[list[int]], typer.Option("--head-dim", help="Head dims (repeatable).")] = None,
     render_path: RenderPath = None,
+    detailed: Annotated[bool, typer.Option("--detailed", help="Every provider's TFLOP/s instead of the ratios.")] = False,
 ) -> None:
     """Our Triton FlashAttention vs standard attention, SDPA backends and FlashAttention-2 (GPU)."""
     from ruvoninference.bench import kernels as kb
@@ -54,8 +57,9 @@ def kernel_benchmark(
             report = kb.run_benchmark(seq_len or kb.DEFAULT_SEQ_LENS, head_dim or kb.DEFAULT_HEAD_DIMS,
                                       progress=progress)
         command = command_line()
-    md = kb.to_markdown(report, command)
-    _emit({**report.to_dict(), "command": command}, md, json_path, markdown_path, plot, kb.plot, report)
+    data = {**report.to_dict(), "command": command}
+    _emit(data, kb.to_markdown(report, command), json_path, markdown_path, plot, kb.plot, report,
+          render.kernel_table(data, detailed))
 
 
 @friendly
@@ -85,5 +89,6 @@ def kernel_paged(
             report = kb.run_paged_benchmark(batch or kb.DECODE_BATCHES, kv_len or kb.DECODE_KV_LENS, kb.DECODE_HEADS,
                                             seq_len or kb.PREFILL_SEQ_LENS, parts, progress=progress)
         command = command_line()
-    md = kb.paged_markdown(report, command)
-    _emit({**report.to_dict(), "command": command}, md, json_path, markdown_path, plot, kb.paged_plot, report)
+    data = {**report.to_dict(), "command": command}
+    _emit(data, kb.paged_markdown(report, command), json_path, markdown_path, plot, kb.paged_plot, report,
+          render.paged_tables(data))

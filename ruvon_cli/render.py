@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rich.console import Console, Group, RenderableType
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich import box
 from rich.table import Table
 
 console = Console()
@@ -206,3 +207,61 @@ def kernel_table(data: dict, detailed: bool = False) -> Table:
             values += [num(q.get("vs_flash_attn"), ".2f"), num(q.get("vs_sdpa_cudnn"), ".2f")]
         table.add_row(str(key[0]), "yes" if key[1] else "no", f"{key[2]:,}", *values)
     return table
+
+
+def _status_or(row: dict | None, value: str) -> str:
+    if row is None:
+        return "—"
+    return value if row["status"] == "ok" else f"[red]{row['status'].split(':')[0]}[/red]"
+
+
+def _us(value: float | None) -> str:
+    """Microseconds: a decimal below 100, where it is a tenth of a percent or more."""
+    return num(value, ",.1f" if value is not None and value < 100 else ",.0f")
+
+
+def paged_tables(data: dict) -> RenderableType:
+    """The paged-kernel report (`PagedReport.to_dict()` or its saved JSON) as two 80-column tables.
+
+    Decode: ours at pages of 256 against FlashAttention-2 (the same pages), with ours at pages of 16 over
+    FA2, the `ceiling` (the fastest K/V read of the run over FA2's: the best ratio any kernel could show) and
+    the fraction of the copy bandwidth. Prefill: ours over pages against our contiguous kernel. The full
+    table, every provider in µs and GB/s, is the --markdown file.
+    """
+    env, parts = data["environment"], []
+    if data.get("decode"):
+        cells: dict[tuple, dict[str, dict]] = {}
+        for r in data["decode"]:
+            cells.setdefault((r["heads_q"], r["heads_kv"], r["head_dim"], r["batch"], r["kv_len"]), {})[r["provider"]] = r
+        ratio = {(q["heads_q"], q["heads_kv"], q["head_dim"], q["batch"], q["kv_len"]): q for q in data["decode_ratios"]}
+        t = Table(title="Decode over pages: µs per call (CUDA-graph median)", box=box.SIMPLE_HEAD, pad_edge=False,
+                  caption=f"ours = pages of 256, 16 = ours at pages of 16; ÷FA2 = FA2's time over ours; ceiling = the "
+                          f"fastest K/V read of the run over FA2's; copy% = our read over the copy "
+                          f"({num(data.get('copy_gbps'), ',.0f')} GB/s) · {env['device']}")
+        for col in ("q/kv×d", "batch", "kv_len", "ours", "FA2", "÷FA2", "16÷FA2", "ceiling", "copy%"):
+            t.add_column(col, justify="right")
+        for key, cell in cells.items():
+            q = ratio.get(key, {})
+            ours, fa2 = cell.get("triton_paged_256"), cell.get("flash_attn_paged_256")
+            t.add_row(f"{key[0]}/{key[1]}×{key[2]}", str(key[3]), f"{key[4]:,}",
+                      _status_or(ours, _us(ours and ours["us"])), _status_or(fa2, _us(fa2 and fa2["us"])),
+                      num(q.get("speedup_vs_fa2_256"), ".2f"), num(q.get("speedup_vs_fa2_16"), ".2f"),
+                      num(q.get("fa2_ceiling"), ".2f"), num(q.get("copy_fraction_256") and 100 * q["copy_fraction_256"], ".0f"))
+        parts.append(t)
+    if data.get("prefill"):
+        cells = {}
+        for r in data["prefill"]:
+            cells.setdefault((r["heads_q"], r["heads_kv"], r["head_dim"], r["seq_len"], r["batch"]), {})[r["provider"]] = r
+        ratio = {(q["heads_q"], q["heads_kv"], q["head_dim"], q["seq_len"]): q for q in data["prefill_ratios"]}
+        t = Table(title="Prefill over pages: ms (median), causal", box=box.SIMPLE_HEAD, pad_edge=False,
+                  caption="÷ = our contiguous kernel's time over ours over pages (1.0: paging costs nothing)")
+        for col in ("q/kv×d", "seq_len", "batch", "contiguous", "pages 256", "pages 16", "÷256", "÷16"):
+            t.add_column(col, justify="right")
+        for key, cell in cells.items():
+            q = ratio.get(key[:4], {})
+            shown = [_status_or(cell.get(p), num(cell.get(p) and cell[p]["ms"], ".3f"))
+                     for p in ("triton_contiguous", "triton_paged_256", "triton_paged_16")]
+            t.add_row(f"{key[0]}/{key[1]}×{key[2]}", f"{key[3]:,}", str(key[4]), *shown,
+                      num(q.get("paged_256_vs_contiguous"), ".2f"), num(q.get("paged_16_vs_contiguous"), ".2f"))
+        parts.append(t)
+    return Group(*parts)
