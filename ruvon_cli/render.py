@@ -7,9 +7,9 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich import box
 from rich.table import Table
 
 console = Console()
@@ -174,6 +174,13 @@ KERNEL_SHORT = {"standard": "std", "sdpa_flash": "flash", "sdpa_cudnn": "cuDNN",
 KERNEL_DEFAULT = ["standard", "sdpa_cudnn", "flash_attn", "triton"]
 
 
+def _status_or(row: dict | None, value: str) -> str:
+    """`value` for a measured row; the status (OOM, error) in red otherwise; a dash where nothing ran."""
+    if row is None:
+        return "—"
+    return value if row["status"] == "ok" else f"[red]{row['status'].split(':')[0]}[/red]"
+
+
 def kernel_table(data: dict, detailed: bool = False) -> Table:
     """TFLOP/s per cell from a kernel report's dict (`KernelReport.to_dict()` or its saved JSON).
 
@@ -200,19 +207,12 @@ def kernel_table(data: dict, detailed: bool = False) -> Table:
         values = []
         for p in providers:
             r = cell.get(p)
-            values.append("—" if r is None else num(r["tflops"], ".0f") if r["status"] == "ok"
-                          else f"[red]{r['status'].split(':')[0]}[/red]")
+            values.append(_status_or(r, num(r and r["tflops"], ".0f")))
         if not detailed:
             q = ratio.get(key, {})
             values += [num(q.get("vs_flash_attn"), ".2f"), num(q.get("vs_sdpa_cudnn"), ".2f")]
         table.add_row(str(key[0]), "yes" if key[1] else "no", f"{key[2]:,}", *values)
     return table
-
-
-def _status_or(row: dict | None, value: str) -> str:
-    if row is None:
-        return "—"
-    return value if row["status"] == "ok" else f"[red]{row['status'].split(':')[0]}[/red]"
 
 
 def _us(value: float | None) -> str:

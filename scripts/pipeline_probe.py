@@ -14,6 +14,8 @@ software pipeliner did with each loop. Two things to read in it:
                                                      # looked up in the iteration that loads the tile
   uv run python scripts/pipeline_probe.py --sass     # plus each loop's machine code: its instruction count
                                                      # and R2UR moves (version p4, kernel-notes.md)
+  git show c6da663:ruvoninference/kernels/paged_attention.py > /tmp/p3.py
+  uv run python scripts/pipeline_probe.py --sass --paged-from /tmp/p3.py   # an earlier version's paged kernels
 
 With --sass the kernel is assembled (Triton's bundled ptxas) and disassembled (its cuobjdump). Two numbers
 per loop body: how many instructions one iteration issues, and how many of them are R2UR, a move from a
@@ -45,7 +47,7 @@ from ruvoninference.kernels import paged_attention as pa
 def compile_for_hopper(fn, types: dict[str, str], constants: dict, num_warps: int, num_stages: int):
     """`fn` compiled for sm_90 (`.asm` holds "ttgir", "ptx", "cubin"); arguments not in `types` or `constants`
     are 32-bit integers."""
-    constants = dict(constants)
+    constants = {k: v for k, v in constants.items() if k in fn.arg_names}  # an older kernel may lack a switch
     for name in fn.arg_names:
         if name.startswith("stride_") and name.endswith("d"):
             constants[name] = 1  # the head_dim stride: the JIT turns a 1 into a constant
@@ -114,6 +116,13 @@ SAME_ITERATION_LOOKUP = [("PAGE_SIZE, CAUSAL, False, True,", "PAGE_SIZE, CAUSAL,
                          ("PAGE_SIZE, CAUSAL, True, True,", "PAGE_SIZE, CAUSAL, True, False,")]
 
 if __name__ == "__main__":
+    if "--paged-from" in sys.argv:  # the paged kernels of another file, e.g. an earlier commit's
+        from kernel_explore import module_from_file
+
+        other = module_from_file("paged_other", sys.argv[sys.argv.index("--paged-from") + 1])
+        for label, (fn, *rest) in list(KERNELS.items()):
+            if label.startswith("paged"):
+                KERNELS[label] = (getattr(other, fn.__name__), *rest)
     if "--before" in sys.argv:
         from kernel_explore import variant_module  # scripts/ is on the path when this file is run
 
