@@ -1,14 +1,10 @@
-"""What a request asks for, and turning the last position's logits into its next token.
+"""What a request asks for: `SamplingParams`, and the shape of a reported log-probability.
 
 Every sequence in a batch carries its own `SamplingParams`, so a server can batch a greedy request with a
-creative one. The pipeline for one row is the textbook one:
-
-    logits --/temperature--> top-k filter --> top-p (nucleus) filter --> softmax --> draw
-
-Greedy (temperature 0) skips all of it and takes the argmax. Draws use a per-sequence `torch.Generator`, so a
-seeded request gives the same tokens whatever else shares its batch. The log-probabilities we report are
-always the model's own (log-softmax of the raw logits), whatever filter chose the token, as OpenAI and vLLM
-report them.
+creative one. Turning a batch of logits into tokens is `engine/sampler.py`'s job; this module only says
+what may be asked for and refuses, in one sentence, what cannot be honoured. The fields follow OpenAI's
+API (temperature, top_p, presence/frequency penalties, logit_bias, seed, max_tokens, stop, logprobs) and
+vLLM's additions (top_k, repetition_penalty, min_tokens, ignore_eos), with their ranges.
 """
 
 from __future__ import annotations
@@ -16,16 +12,25 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import torch
-
 from ruvoninference.errors import RuvonError
 
 MAX_LOGPROBS = 20
+MAX_SEED = 2**64 - 1  # seeds are unsigned 64-bit integers, as in OpenAI's and vLLM's APIs
+# Below this temperature a draw is the argmax (vLLM's threshold): dividing logits by 1e-40 overflows to inf
+# and a softmax of infinities is NaN, so a "temperature" this small can only mean greedy.
+MIN_TEMPERATURE = 1e-5
+MAX_LOGIT_BIAS = 100.0  # OpenAI's range for logit_bias values
+
+
+def _check_number(name: str, value: float, low: float, high: float, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not low <= value <= high:
+        raise RuvonError(f"{name} must be {what}, not {value!r}.")
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    temperature: float = 0.0  # 0 means greedy
+    temperature: float = 0.0  # 0 (or anything below MIN_TEMPERATURE) means greedy
     top_k: int = 0  # 0 means no top-k filter
     top_p: float = 1.0  # 1 means no nucleus filter
     seed: int | None = None
@@ -33,35 +38,65 @@ class SamplingParams:
     stop: tuple[str, ...] = ()  # stop before any of these strings; they are not part of the text
     ignore_eos: bool = False  # keep going past EOS (benchmarks: every run does the same work)
     logprobs: int | None = None  # None: no logprobs; 0: the chosen token's; n: also the n most likely
+    presence_penalty: float = 0.0  # OpenAI: subtract this from every token already generated once or more
+    frequency_penalty: float = 0.0  # OpenAI: subtract this times the number of times it was generated
+    repetition_penalty: float = 1.0  # vLLM/CTRL: divide positive (multiply negative) logits of seen tokens
+    min_tokens: int = 0  # vLLM: EOS cannot be drawn before this many new tokens
+    logit_bias: dict[int, float] = field(default_factory=dict)  # OpenAI: token id -> added to its logit
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
-        object.__setattr__(self, "stop", tuple(s for s in self.stop if s))
-        if not math.isfinite(self.temperature) or self.temperature < 0:
-            raise RuvonError(f"Temperature must be a number >= 0 (0 means greedy), not {self.temperature}.")
-        if self.top_k < 0:
-            raise RuvonError(f"top-k must be >= 0 (0 turns it off), not {self.top_k}.")
-        if not (0.0 < self.top_p <= 1.0):
-            raise RuvonError(f"top-p must be in (0, 1] (1 turns it off), not {self.top_p}.")
-        if self.max_tokens < 1:
-            raise RuvonError(f"The number of tokens to generate must be at least 1, not {self.max_tokens}.")
+        object.__setattr__(self, "stop", tuple(self.stop))
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise RuvonError("Every stop string must be a non-empty string; leave out the empty one.")
+        _check_number("Temperature", self.temperature, 0.0, math.inf, "a number >= 0 (0 means greedy)")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise RuvonError(f"top-k must be an integer >= 0 (0 turns it off), not {self.top_k!r}.")
+        if not (isinstance(self.top_p, (int, float)) and math.isfinite(self.top_p) and 0.0 < self.top_p <= 1.0):
+            raise RuvonError(f"top-p must be in (0, 1] (1 turns it off), not {self.top_p!r}.")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not 0 <= self.seed <= MAX_SEED):
+            raise RuvonError(f"The seed must be an integer from 0 to 2**64 - 1, not {self.seed!r}.")
+        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise RuvonError(f"The number of tokens to generate must be at least 1, not {self.max_tokens!r}.")
         if self.logprobs is not None and not (0 <= self.logprobs <= MAX_LOGPROBS):
             raise RuvonError(f"logprobs must be between 0 and {MAX_LOGPROBS}, not {self.logprobs}.")
+        _check_number("presence_penalty", self.presence_penalty, -2.0, 2.0, "between -2 and 2")
+        _check_number("frequency_penalty", self.frequency_penalty, -2.0, 2.0, "between -2 and 2")
+        _check_number("repetition_penalty", self.repetition_penalty, 1e-2, 1e2,
+                      "between 0.01 and 100 (1 turns it off)")
+        if isinstance(self.min_tokens, bool) or not isinstance(self.min_tokens, int) \
+                or not 0 <= self.min_tokens <= self.max_tokens:
+            raise RuvonError(f"min_tokens must be an integer from 0 to max_tokens ({self.max_tokens}), "
+                             f"not {self.min_tokens!r}.")
+        bias = {}
+        for token, value in dict(self.logit_bias or {}).items():
+            try:
+                token_id = int(token)
+            except (TypeError, ValueError):
+                raise RuvonError(f"logit_bias keys must be token ids, not {token!r}.") from None
+            if token_id < 0:
+                raise RuvonError(f"logit_bias has a negative token id ({token_id}).")
+            _check_number(f"The logit_bias of token {token_id}", value, -MAX_LOGIT_BIAS, MAX_LOGIT_BIAS,
+                          "between -100 and 100")
+            bias[token_id] = float(value)
+        object.__setattr__(self, "logit_bias", bias)
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < MIN_TEMPERATURE
 
-    def make_generator(self, device: torch.device) -> torch.Generator | None:
-        if self.greedy:
-            return None
-        generator = torch.Generator(device=device)
-        if self.seed is None:
-            generator.seed()
-        else:
-            generator.manual_seed(self.seed)
-        return generator
+    @property
+    def has_penalties(self) -> bool:
+        return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0 or self.repetition_penalty != 1.0
+
+    def check_vocabulary(self, vocab_size: int) -> None:
+        """The checks that need the model: logit_bias token ids must exist."""
+        bad = [t for t in self.logit_bias if t >= vocab_size]
+        if bad:
+            raise RuvonError(f"logit_bias names token {bad[0]}, outside the model's vocabulary "
+                             f"(0 to {vocab_size - 1}).")
 
 
 @dataclass
@@ -71,52 +106,3 @@ class TokenLogprob:
     token_id: int
     logprob: float
     top: list[tuple[int, float]] = field(default_factory=list)
-
-
-def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """Apply temperature, top-k and top-p to one row of logits [vocab]; filtered entries become -inf."""
-    logits = logits / params.temperature
-    if params.top_k and params.top_k < logits.shape[-1]:
-        kth = torch.topk(logits, params.top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if params.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        probs = sorted_logits.softmax(-1)
-        # Drop a token when the tokens strictly more likely than it already cover top_p: the most likely token
-        # always stays, and the kept set is the smallest one whose mass reaches top_p.
-        mass_before = probs.cumsum(-1) - probs
-        drop_sorted = mass_before >= params.top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
-
-
-@dataclass
-class Sampled:
-    """A step's draws, still on the device: the caller decides when to pay for the host sync."""
-
-    tokens: torch.Tensor  # [batch] int64
-    logprobs: torch.Tensor  # [batch] float32, the chosen tokens' log-probabilities
-    top_ids: torch.Tensor | None  # [batch, n] int64 when some row asked for n > 0 alternatives
-    top_logprobs: torch.Tensor | None  # [batch, n] float32
-
-
-def sample(
-    logits: torch.Tensor,
-    params: list[SamplingParams],
-    generators: list[torch.Generator | None],
-) -> Sampled:
-    """Pick one token per row of `logits` [batch, vocab]."""
-    logits = logits.float()
-    tokens = logits.argmax(-1)
-    for row, (p, gen) in enumerate(zip(params, generators)):
-        if not p.greedy:
-            probs = filter_logits(logits[row], p).softmax(-1)
-            tokens[row] = torch.multinomial(probs, 1, generator=gen)[0]
-    logprobs_all = logits.log_softmax(-1)
-    chosen = logprobs_all.gather(-1, tokens[:, None])[:, 0]
-    n = max((p.logprobs or 0) for p in params)
-    if n == 0:
-        return Sampled(tokens, chosen, None, None)
-    top = logprobs_all.topk(n, dim=-1)  # sorted, most likely first
-    return Sampled(tokens, chosen, top.indices, top.values)

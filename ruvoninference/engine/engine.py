@@ -28,7 +28,8 @@ from ruvoninference.engine.scheduler import ScheduledBatch, Scheduler
 from ruvoninference.engine.sequence import Sequence, new_request_id
 from ruvoninference.errors import RuvonError
 from ruvoninference.models import ModelBundle, load_model
-from ruvoninference.sampling import SamplingParams, TokenLogprob, sample
+from ruvoninference.engine.sampler import SamplerOutput, SamplingTensors, sample
+from ruvoninference.sampling import SamplingParams, TokenLogprob
 from ruvoninference.weights import ProgressCallback
 
 CPU_KV_CACHE_BYTES = 1 << 30  # the CPU default: a laptop's memory is shared with everything else
@@ -108,6 +109,8 @@ class Engine:
         if self.use_cuda_graphs and self.attn is AttentionImplementation.FLASH_ATTENTION_2:
             self.runner.capture_all(progress)
         self._seqs: dict[str, Sequence] = {}
+        self.generator = torch.Generator(device=self.device)  # unseeded draws; seeded rows bring their own
+        self.generator.seed()
         self.num_prefill_tokens = 0  # tokens computed in prefill steps (a prefix-cache hit saves some)
         self.num_steps = 0
 
@@ -172,6 +175,7 @@ class Engine:
 
     def check_request(self, prompt_ids: list[int], sampling: SamplingParams) -> None:
         """Raise a one-sentence RuvonError for a request that could never run."""
+        sampling.check_vocabulary(self.bundle.config.vocab_size)
         total = len(prompt_ids) + sampling.max_tokens
         if total > self.context_length:
             raise RuvonError(
@@ -197,7 +201,7 @@ class Engine:
         if request_id in self._seqs:
             raise RuvonError(f"Request id '{request_id}' is already in use; give a new one.")
         eos = frozenset() if sampling.ignore_eos else self.bundle.eos_token_ids
-        seq = Sequence(request_id, ids, sampling, eos, generator=sampling.make_generator(self.device))
+        seq = Sequence(request_id, ids, sampling, eos)
         self._seqs[request_id] = seq
         self.scheduler.add(seq)
         return request_id
@@ -238,13 +242,14 @@ class Engine:
         if not producing:
             return []
         seqs = [batch.seqs[i] for i in producing]
-        sampled = sample(logits, [s.sampling for s in seqs], [s.generator for s in seqs])
+        tensors = SamplingTensors.from_sequences(seqs, self.device, logits.shape[1], pin=self.device.type == "cuda")
+        sampled = sample(logits, tensors, self.generator)
         tokens, logprobs, top_ids, top_lps = _to_host(sampled)  # the one host sync of the step
         now = time.perf_counter()
         outputs = []
         for row, seq in enumerate(seqs):
             lp = None
-            if seq.sampling.logprobs is not None:
+            if row in logprobs:
                 n = seq.sampling.logprobs
                 top = list(zip(top_ids[row][:n], top_lps[row][:n])) if n else []
                 lp = TokenLogprob(tokens[row], logprobs[row], top)
@@ -295,17 +300,25 @@ def _check_block_size(block_size: int, attn: AttentionImplementation) -> None:
         )
 
 
-def _to_host(sampled) -> tuple[list[int], list[float], list[list[int]], list[list[float]]]:
-    """Copy the step's draws to the host in one transfer (token ids are exact in float64)."""
-    parts = [sampled.tokens.double()[:, None], sampled.logprobs.double()[:, None]]
+def _to_host(sampled: SamplerOutput):
+    """Copy the step's draws to the host in one transfer (token ids are exact in float64).
+
+    Returns the tokens and, keyed by row, the chosen logprob and the top alternatives of the rows that asked.
+    """
+    if sampled.logprobs is None:
+        return sampled.tokens.tolist(), {}, {}, {}
+    parts = [sampled.logprobs.double()[:, None]]
     if sampled.top_ids is not None:
         parts += [sampled.top_ids.double(), sampled.top_logprobs.double()]
-    rows = torch.cat(parts, dim=1).tolist()
     n = 0 if sampled.top_ids is None else sampled.top_ids.shape[1]
-    tokens = [int(r[0]) for r in rows]
-    logprobs = [r[1] for r in rows]
-    top_ids = [[int(t) for t in r[2:2 + n]] for r in rows]
-    top_lps = [r[2 + n:] for r in rows]
+    flat = torch.cat([sampled.tokens.double(), torch.cat(parts, dim=1).flatten()]).tolist()
+    tokens = [int(t) for t in flat[:sampled.tokens.shape[0]]]
+    rows = flat[len(tokens):]
+    width = 1 + 2 * n
+    logprobs, top_ids, top_lps = {}, {}, {}
+    for i, row in enumerate(sampled.logprob_rows):
+        r = rows[i * width:(i + 1) * width]
+        logprobs[row], top_ids[row], top_lps[row] = r[0], [int(t) for t in r[1:1 + n]], r[1 + n:]
     return tokens, logprobs, top_ids, top_lps
 
 

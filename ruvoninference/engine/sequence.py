@@ -17,8 +17,6 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 
-import torch
-
 from ruvoninference.sampling import SamplingParams, TokenLogprob
 
 
@@ -41,7 +39,6 @@ class Sequence:
     prompt_token_ids: list[int]
     sampling: SamplingParams
     eos_token_ids: frozenset[int]
-    generator: torch.Generator | None = None
     token_ids: list[int] = field(default_factory=list)  # prompt + generated
     num_computed_tokens: int = 0  # tokens whose keys and values are in the cache
     num_cached_tokens: int = 0  # of those, how many came from the prefix cache at admission
