@@ -7,6 +7,8 @@
   PYTHONPATH=. python3 scripts/kernel_explore.py --paged-p3     # address-work variants, every cell, both kernels
   PYTHONPATH=. python3 scripts/kernel_explore.py --paged-p4 OLD.py  # this kernel against an earlier copy
                                                                  # (git show REV:ruvoninference/kernels/paged_attention.py)
+  PYTHONPATH=. python3 scripts/kernel_explore.py --shapes       # decode on untuned head shapes, ragged: splits x tiles
+  PYTHONPATH=. python3 scripts/kernel_explore.py --prefill-short   # batch-1 prompts of 256-2k tokens vs FA2, SDPA
 
 Prefill variants each run in their own process because the switches are read when the kernel is launched
 and the autotuner caches its choice per process. The paged sweep times, on a few decode cells, every tile
@@ -379,6 +381,147 @@ def paged_p4(old_path: str) -> None:
         torch.cuda.empty_cache()
 
 
+# Decode cells on head shapes the p4 rule was not tuned on (issue 19), ragged lengths (kv/2..kv), pages of 256.
+SHAPE_CELLS = [(28, 4, 128, 4, 32768), (28, 4, 128, 32, 8192), (12, 2, 64, 4, 32768), (12, 2, 64, 32, 8192),
+               (12, 2, 64, 128, 2048), (28, 4, 128, 1, 131072), (7, 1, 128, 8, 16384), (40, 8, 128, 8, 16384),
+               (16, 8, 128, 4, 32768), (32, 8, 128, 8, 16384), (12, 2, 64, 1, 131072)]
+SHAPE_TILES = [(64, 4, 2), (64, 4, 3), (128, 4, 2)]
+
+
+def shapes_sweep() -> None:
+    """FA2 and ours at SHAPE_CELLS: every split count around the rule's at the default tile, every tile at the
+    rule's count and twice it, ragged and (for FA2 and the rule) full lengths, and the split kernel alone."""
+    import torch
+
+    from ruvoninference.bench.kernels import _graph_time_us, ragged_lengths
+    from ruvoninference.kernels import paged_attention as pa
+
+    for hq, hkv, d, batch, kv_len in SHAPE_CELLS:
+        cell, pool_k, pool_v, q, full, _, out, tables, fa2_full = decode_cell_with_fa2(hq, hkv, d, batch, kv_len)
+        from flash_attn import flash_attn_with_kvcache
+
+        lens = ragged_lengths(batch, kv_len, "cuda")
+        kv_bytes = int(lens.sum()) * hkv * d * 2 * 2
+        k, v = pool_k.view(-1, 256, hkv, d), pool_v.view(-1, 256, hkv, d)
+        chosen = pa.choose_num_splits(batch, hkv, kv_len, q.device, d)
+        runs = {("fa2", None, None): lambda: flash_attn_with_kvcache(q.unsqueeze(1), k, v, cache_seqlens=lens,
+                                                                      block_table=tables[256]),
+                ("fa2_full", None, None): fa2_full,
+                ("rule", None, chosen): lambda: pa.paged_decode_attention(q, k, v, tables[256], lens, out=out),
+                ("rule_full", None, chosen): lambda: pa.paged_decode_attention(q, k, v, tables[256], full, out=out)}
+        for s in sorted({max(1, chosen // 4), max(1, chosen // 2), chosen, 2 * chosen, 4 * chosen, 8 * chosen}):
+            if s <= pa.MAX_SPLITS and kv_len // s >= 32:
+                runs[("splits", (64, 4, 2), s)] = (lambda s=s: pa.paged_decode_attention(
+                    q, k, v, tables[256], lens, out=out, num_splits=s, tile=pa.Tile(64, 4, 2)))
+        for t in SHAPE_TILES:
+            for s in sorted({chosen, min(pa.MAX_SPLITS, 2 * chosen)}):
+                runs[("tile", t, s)] = (lambda t=t, s=s: pa.paged_decode_attention(
+                    q, k, v, tables[256], lens, out=out, num_splits=s, tile=pa.Tile(*t)))
+        for (name, tile, splits), fn in runs.items():
+            try:
+                us, status = _graph_time_us(fn, rep=25), "ok"
+            except Exception as exc:
+                us, status = None, f"{type(exc).__name__}: {str(exc)[:100]}"
+            nbytes = pool_k.numel() * 4 if name.endswith("_full") else kv_bytes
+            print(json.dumps({"part": "shapes", "cell": cell, "run": name, "tile": tile, "splits": splits,
+                              "rule_splits": chosen, "us": us and round(us, 2),
+                              "gbps": us and round(nbytes / us / 1e3), "status": status}), flush=True)
+        if chosen > 1:  # the split kernel alone (merge skipped: wrong output, timing only)
+            real, pa._paged_decode_merge = pa._paged_decode_merge, _NoLaunch()
+            us = _graph_time_us(lambda: pa.paged_decode_attention(q, k, v, tables[256], lens, out=out), rep=25)
+            pa._paged_decode_merge = real
+            print(json.dumps({"part": "shapes", "cell": cell, "run": "rule_split_kernel_only", "splits": chosen,
+                              "us": round(us, 2)}), flush=True)
+        del pool_k, pool_v, runs
+        torch.cuda.empty_cache()
+
+
+# The embedded models' attention shapes (heads_q, heads_kv, head_dim): gpt2, smollm2-135m, qwen3-0.6b.
+SHORT_PREFILL_HEADS = [(12, 12, 64), (9, 3, 64), (16, 8, 128)]
+SHORT_PREFILL_LENS = [256, 512, 1024, 2048]
+SHORT_PREFILL_TILES = [(32, 64, 4, 3), (64, 32, 4, 2), (64, 64, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3),
+                       (128, 128, 8, 3)]
+
+
+def prefill_short() -> None:
+    """Batch-1 prompts: FA2 (dense and varlen), SDPA, our contiguous kernel (autotuned, every tile) and our
+    paged prefill (every tile, pages of 256), each timed in a CUDA graph (the kernels) and by do_bench (eager
+    launches, as a model calls it), plus each provider's host time per launch."""
+    import time
+
+    import torch
+    import triton.testing
+
+    from flash_attn import flash_attn_func, flash_attn_varlen_func
+
+    from ruvoninference.bench.kernels import _graph_time_us, shuffled_tables
+    from ruvoninference.kernels.flash_attention import _flash_attention_forward, flash_attention_triton
+    from ruvoninference.kernels.paged_attention import Tile, paged_prefill_attention
+
+    for hq, hkv, d in SHORT_PREFILL_HEADS:
+        for n in SHORT_PREFILL_LENS:
+            cell = f"{hq}/{hkv}x{d} n={n}"
+            q = torch.randn(n, hq, d, device="cuda", dtype=torch.bfloat16)
+            k = torch.randn(n, hkv, d, device="cuda", dtype=torch.bfloat16)
+            v = torch.randn_like(k)
+            cu = torch.tensor([0, n], dtype=torch.int32, device="cuda")
+            lens = torch.tensor([n], dtype=torch.int32, device="cuda")
+            qc, kc, vc = (t.unsqueeze(0).transpose(1, 2) for t in (q, k, v))  # [1, h, n, d] views
+            runs = {
+                "fa2": lambda: flash_attn_func(q[None], k[None], v[None], causal=True),
+                "fa2_varlen": lambda: flash_attn_varlen_func(q, k, v, cu, cu, n, n, causal=True),
+                "sdpa": lambda: torch.nn.functional.scaled_dot_product_attention(qc, kc, vc, is_causal=True,
+                                                                                 enable_gqa=True),
+                "ours_contiguous": lambda: flash_attention_triton(qc, kc, vc, causal=True),
+            }
+            table = shuffled_tables(1, n, 256, "cuda")
+            pk, pv = k.view(-1, 256, hkv, d), v.view(-1, 256, hkv, d)
+            for t in SHORT_PREFILL_TILES:
+                tile = Tile(block_m=t[0], block_n=t[1], num_warps=t[2], num_stages=t[3])
+                runs[f"ours_contiguous_{t}"] = (lambda tile=tile: flash_attention_triton(
+                    qc, kc, vc, causal=True, config=triton.Config({"BLOCK_M": tile.block_m, "BLOCK_N": tile.block_n},
+                                                                  num_warps=tile.num_warps, num_stages=tile.num_stages)))
+                runs[f"ours_paged256_{t}"] = (lambda tile=tile: paged_prefill_attention(
+                    q, pk, pv, cu, lens, table, tile=tile))
+            runs["ours_paged256_rule"] = lambda: paged_prefill_attention(q, pk, pv, cu, lens, table)
+            for name, fn in runs.items():
+                try:
+                    fn()
+                    torch.cuda.synchronize()
+                    graph_us = _graph_time_us(fn, rep=20)
+                    eager_us = triton.testing.do_bench(fn, rep=20, return_mode="median") * 1e3
+                    t0 = time.perf_counter()
+                    for _ in range(50):
+                        fn()
+                    host_us = (time.perf_counter() - t0) / 50 * 1e6
+                    torch.cuda.synchronize()
+                    status = "ok"
+                except Exception as exc:
+                    graph_us = eager_us = host_us = None
+                    status = f"{type(exc).__name__}: {str(exc)[:100]}"
+                extra = {"autotuned": str(getattr(_flash_attention_forward, "best_config", None))} \
+                    if name == "ours_contiguous" else {}
+                print(json.dumps({"part": "prefill_short", "cell": cell, "run": name,
+                                  "graph_us": graph_us and round(graph_us, 2), "eager_us": eager_us and round(eager_us, 2),
+                                  "host_us": host_us and round(host_us, 1), "status": status, **extra}), flush=True)
+
+
+def flash_profile(model: str) -> None:
+    """What `flash --show-memory` measures, per backend (transformers' model, batch 1): prefill time and the
+    attention kernels the profiler saw, at a few short lengths."""
+    from ruvoninference.bench.prefill import AttentionBenchmark
+
+    bench = AttentionBenchmark(model, "cuda", "bfloat16", repeats=5)
+    for impl in ("sdpa", "flash_attention_2", "triton", "eager"):
+        loaded = bench.load(impl)
+        for n in (256, 1024, 2048):
+            if n > loaded.context_length:
+                continue
+            row = bench.sequence_length_scaling(impl, "Once upon a time", [n], loaded=loaded)[0]
+            print(json.dumps({"part": "flash_profile", "model": model, **row.to_dict()}), flush=True)
+        del loaded
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--paged":
         paged_sweep()
@@ -388,6 +531,12 @@ if __name__ == "__main__":
         paged_p3()
     elif len(sys.argv) > 1 and sys.argv[1] == "--paged-prefill":
         paged_prefill_sweep()
+    elif len(sys.argv) > 1 and sys.argv[1] == "--shapes":
+        shapes_sweep()
+    elif len(sys.argv) > 2 and sys.argv[1] == "--flash-profile":
+        flash_profile(sys.argv[2])
+    elif len(sys.argv) > 1 and sys.argv[1] == "--prefill-short":
+        prefill_short()
     elif len(sys.argv) > 2 and sys.argv[1] == "--paged-p4":
         paged_p4(sys.argv[2])
     elif len(sys.argv) > 1 and sys.argv[1] == "--child":

@@ -447,6 +447,12 @@ def shuffled_tables(batch: int, kv_len: int, block_size: int, device) -> torch.T
     return order.to(torch.int32).view(batch, per_seq)
 
 
+def ragged_lengths(batch: int, kv_len: int, device, seed: int = 0) -> torch.Tensor:
+    """int32 [batch] lengths drawn uniformly from [kv_len / 2, kv_len] (seeded): a serving batch's spread."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(kv_len // 2, kv_len + 1, (batch,), generator=gen, dtype=torch.int32).to(device)
+
+
 def _graph_time_us(fn: Callable, rep: int = 50) -> float:
     import triton.testing
 

@@ -5,3 +5,8 @@
 
 Benchmarks import these (`ruvoninference.bench.kernels`); a kernel module never imports a benchmark.
 """
+
+# The names our Triton kernels carry on the GPU (a profiler lists them under these names).
+KERNEL_NAMES = frozenset({
+    "_flash_attention_forward", "_paged_decode_split", "_paged_decode_merge", "_paged_prefill",
+})

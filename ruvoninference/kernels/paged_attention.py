@@ -381,23 +381,37 @@ def programs_per_sm(head_dim: int) -> int:
     return 4 if head_dim >= 128 else 6
 
 
-def min_tokens_per_split(max_seq_len: int) -> int:
-    """The shortest split worth its fixed costs for sequences up to max_seq_len tokens (see above)."""
-    return max(MIN_TOKENS_PER_SPLIT, 2 * math.isqrt(max(1, max_seq_len)))
+def min_tokens_per_split(max_seq_len: int, group: int = 1) -> int:
+    """The shortest split worth its fixed costs for sequences up to max_seq_len tokens (see above).
+
+    Three floors, the largest wins: one 64-key tile; 2·sqrt(length), where a split's fixed work (load q, write
+    a partial, merge it) balances its streaming; and 16 tokens per query head of the group. The last is
+    arithmetic, not a fit: a split writes `group` fp32 partial rows of d and the merge reads them back, 8·group·d
+    bytes, against the 4·tokens·d bytes of K and V it streams, so 16·group tokens keep the partials at or
+    under 1/8 of the traffic (it binds only for short caches with large groups, e.g. 7/1 at 1k tokens).
+    """
+    return max(MIN_TOKENS_PER_SPLIT, 2 * math.isqrt(max(1, max_seq_len)), 16 * group)
 
 
-def choose_num_splits(batch: int, heads_kv: int, max_seq_len: int, device: torch.device, head_dim: int = 128) -> int:
+def choose_num_splits(batch: int, heads_kv: int, max_seq_len: int, device: torch.device, head_dim: int = 128,
+                      group: int = 1) -> int:
     """How many programs share one sequence's keys, from host-known shapes only (CUDA-graph safe).
 
-    As many splits as keep (batch × heads_kv × splits) programs at or under programs_per_sm per SM (rounding
-    down: a batch that already fills the GPU is not split, because a second, partial wave of programs and
-    the merge cost more than they save), no split shorter than min_tokens_per_split of the longest allowed
-    sequence, and at most MAX_SPLITS.
+    The rule, in the order it reads its inputs:
+    1. fill the GPU: (batch × heads_kv × splits) programs up to programs_per_sm(head_dim) per SM (rounding
+       down: a batch that already fills the GPU is not split, because a second, partial wave of programs
+       and the merge cost more than they save). Few KV heads at small batch is where this matters: 4 KV
+       heads at batch 4 are 16 programs for 132 SMs without splitting, 528 with 33 splits.
+    2. no split shorter than min_tokens_per_split(length, group) of the longest allowed sequence;
+    3. at most MAX_SPLITS.
+    Lengths below max_seq_len (ragged batches) use fewer of the splits: each split covers whole tiles of
+    len / splits keys, computed on the device (`_split_range`).
     """
     sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) \
         if device.type == "cuda" else 4
     wanted = programs_per_sm(head_dim) * sms // max(1, batch * heads_kv)
-    return max(1, min(wanted, triton.cdiv(max(1, max_seq_len), min_tokens_per_split(max_seq_len)), MAX_SPLITS))
+    longest = max(1, max_seq_len)
+    return max(1, min(wanted, triton.cdiv(longest, min_tokens_per_split(longest, group)), MAX_SPLITS))
 
 
 def _check_cache_args(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -467,7 +481,7 @@ def paged_decode_attention(
     tile = tile or decode_tile(head_dim)
     if max_seq_len is None:
         max_seq_len = block_tables.shape[1] * block_size
-    splits = num_splits or choose_num_splits(batch, heads_kv, max_seq_len, q.device, head_dim)
+    splits = num_splits or choose_num_splits(batch, heads_kv, max_seq_len, q.device, head_dim, group)
     if not 1 <= splits <= MAX_SPLITS:
         raise ValueError(f"num_splits must be between 1 and {MAX_SPLITS}, not {splits}")
     block_d = triton.next_power_of_2(head_dim)

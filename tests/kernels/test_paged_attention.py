@@ -112,6 +112,17 @@ def test_decode_smollm2_shape():
     check_decode([50, 19, 3], 9, 3, 64, block_size=16, num_splits=4)  # 9 query heads over 3 KV heads
 
 
+@pytest.mark.parametrize("group", [5, 6, 7])
+def test_decode_and_prefill_non_power_of_two_groups_ragged(group):
+    # 5, 6 or 7 query heads per KV head fill 5-7 of the 16 rows of the tensor-core tile; the spare rows must
+    # stay out of the output and the partials. Ragged lengths (a serving batch), one empty row, and the rule's
+    # own split count as well as a forced one.
+    lengths = [45, 0, 29, 3, 61]
+    for num_splits in (None, 3):
+        check_decode(lengths, 2 * group, 2, 32, block_size=16, num_splits=num_splits)
+    check_prefill([(6, 45), (0, 9), (17, 17)], group, 1, 32, block_size=16)
+
+
 def test_small_pages_under_a_wide_key_tile():
     # A 64-key tile over 16-token pages, the path a GPU takes with pages of 16 (the interpreter's default tile
     # is 16 keys, one page): every key looks its own page up, in decode and in prefill.
@@ -221,7 +232,20 @@ def test_split_count_depends_on_shapes_only():
     assert choose_num_splits(1, 1, 100, cpu) == 2  # no split shorter than MIN_TOKENS_PER_SPLIT
     # Splits of about 2 sqrt(length) tokens: the fixed cost of a split against its streaming time.
     assert [min_tokens_per_split(n) for n in (100, 1024, 16384, 65536)] == [64, 64, 256, 512]
+    # ... and 16 tokens per query head of the group, so the fp32 partials stay under 1/8 of the K/V read.
+    assert [min_tokens_per_split(1024, g) for g in (1, 4, 7, 16)] == [64, 64, 112, 256]
+    assert choose_num_splits(1, 1, 1024, cpu, head_dim=128, group=7) == 10  # 1024 / 112, not 16 splits of 64
+    assert choose_num_splits(1, 1, 1024, cpu, head_dim=128, group=1) == 16
     assert 1 <= choose_num_splits(1, 1, 10**9, torch.device(DEVICE)) <= MAX_SPLITS
+
+
+def test_kernel_names_are_the_kernels_own():
+    """`flash` finds our kernels in the profiler by these names: they must be the jitted functions' names."""
+    from ruvoninference.kernels import KERNEL_NAMES, flash_attention, paged_attention
+
+    jitted = {paged_attention._paged_decode_split, paged_attention._paged_decode_merge,
+              paged_attention._paged_prefill, flash_attention._flash_attention_forward.fn}
+    assert {k.fn.__name__ if hasattr(k, "fn") else k.__name__ for k in jitted} == KERNEL_NAMES
 
 
 def test_rejects_what_it_cannot_do():
@@ -259,6 +283,22 @@ GPU_LENGTHS = [1, 0, 255, 256, 257, 1000, 4097, 31]
 def test_decode_matrix_on_gpu(dtype, head_dim, block_size, heads_q, heads_kv):
     for num_splits in (None, 1, 7):
         check_decode(GPU_LENGTHS, heads_q, heads_kv, head_dim, block_size, dtype=dtype, num_splits=num_splits)
+
+
+# Every head shape of the benchmark's sweep (groups 1-8, powers of two or not), ragged lengths.
+SWEEP_HEADS = [(7, 1), (28, 4), (12, 2), (9, 3), (40, 8), (8, 8), (16, 8), (32, 8), (16, 2), (64, 8)]
+RAGGED_LENGTHS = [4097, 2100, 0, 1, 3000, 17, 2049]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("block_size", [16, 256])
+@pytest.mark.parametrize("heads_q,heads_kv", SWEEP_HEADS)
+def test_sweep_shapes_decode_and_prefill_on_gpu(head_dim, block_size, heads_q, heads_kv):
+    check_decode(RAGGED_LENGTHS, heads_q, heads_kv, head_dim, block_size, dtype=torch.bfloat16)
+    check_decode(RAGGED_LENGTHS[:3], heads_q, heads_kv, head_dim, block_size, dtype=torch.bfloat16)
+    check_prefill([(300, 2100), (1, 4097), (0, 5), (700, 700)], heads_q, heads_kv, head_dim, block_size,
+                  dtype=torch.bfloat16)
 
 
 @pytest.mark.gpu
