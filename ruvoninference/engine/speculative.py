@@ -34,9 +34,9 @@ y". That is how `accept_point_mass` does it, with the target's own seeded draw, 
 seeded request gives exactly the tokens it gives without speculation. Greedy decoding is the temperature-0
 case of the same rule: keep guesses while they equal the target's argmax.
 
-Randomness per row comes from (the request's seed, the token's position, the vocabulary id) through a
-counter-based hash, never from a generator's state, so a seeded request draws the same numbers whatever else
-is in its batch and however many tokens each step accepted.
+Randomness per row comes from (the request's seed, the token's position, the vocabulary id) through the
+sampler's counter-based hash, never from a generator's state, so a seeded request draws the same numbers
+whatever else is in its batch and however many tokens each step accepted.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ruvoninference.engine.sampler import row_keys, uniforms
 from ruvoninference.errors import RuvonError
 
 METHODS = ("ngram", "draft")
@@ -144,41 +145,25 @@ def ngram_propose(token_ids: list[int], k: int, ngram_max: int = DEFAULT_NGRAM_M
 
 # -- randomness from (seed, position, vocabulary id) ---------------------------------------------------
 
-_MASK32 = 0xFFFFFFFF
-SALT_DRAW, SALT_ACCEPT, SALT_DRAFT = 0, 1, 2  # independent streams: target draws, acceptance tests, draft draws
+# Independent streams on top of the sampler's counter-based hash: the target's own draws (the sampler's
+# stream itself), acceptance tests, the draft's draws. A stream re-keys the row's key, so two streams never
+# share noise (salting the vocabulary ids instead would only permute one stream's noise).
+STREAM_ACCEPT, STREAM_DRAFT = 1, 2
 
 
-def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer hash (lowbias32) on int64 tensors holding values in [0, 2^32)."""
-    x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & _MASK32  # int64 products wrap mod 2^64: the low 32 bits are still right
-    x = x ^ (x >> 15)
-    x = (x * 0x846CA68B) & _MASK32
-    return x ^ (x >> 16)
-
-
-def row_keys(seeds: torch.Tensor, positions: torch.Tensor, salt: int) -> torch.Tensor:
-    """One 32-bit key per row from its seed (any int64) and its token position: [N] int64."""
-    seeds = seeds.long()
-    h = _mix32((seeds & _MASK32) ^ _mix32((seeds >> 32) & _MASK32))
-    h = _mix32(h ^ _mix32(positions.long() & _MASK32))
-    return _mix32(h ^ (salt * 0x9E3779B9 & _MASK32))
-
-
-def uniforms(keys: torch.Tensor, width: int | None = None) -> torch.Tensor:
-    """Uniforms in (0, 1): [N] from the keys alone, or [N, width] one per (row, column)."""
-    h = keys if width is None else _mix32(keys[:, None] ^ _mix32(torch.arange(width, device=keys.device) + 1))
-    return ((h >> 8).float() + 0.5) / float(1 << 24)
+def stream_keys(seeds: torch.Tensor, positions: torch.Tensor, stream: int = 0) -> torch.Tensor:
+    """One key per row from its seed (int64) and the position of the token it draws: [N] int64."""
+    keys = row_keys(seeds.long(), positions.long())
+    return keys if stream == 0 else row_keys(keys, torch.full_like(keys, stream))
 
 
 def race(probs: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """A draw from each row of probs [N, V] (need not be normalized): argmax p / E with E ~ Exp(1) per entry.
 
-    The exponential race: the index of the smallest E_v / p_v is distributed as p (normalized), and the
-    noise E depends only on (key, v), so the draw does not depend on the batch.
+    The sampler's race of exponentials with noise from (key, vocabulary id) alone, so the draw does not
+    depend on the batch; with stream 0 keys it is exactly the sampler's seeded draw.
     """
-    exp = -torch.log(uniforms(keys, probs.shape[-1]))  # [N, V]
-    return (probs / exp).argmax(-1)
+    return (probs / -torch.log(uniforms(keys, probs.shape[-1]))).argmax(-1)
 
 
 # -- acceptance -------------------------------------------------------------------------------------------

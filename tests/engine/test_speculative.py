@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from ruvoninference.engine.speculative import (
-    SALT_ACCEPT, SALT_DRAFT, SALT_DRAW, NgramProposer, accept_point_mass, check_speculative, ngram_propose, race,
-    rejection_sample, row_keys, uniforms,
+    STREAM_ACCEPT, STREAM_DRAFT, NgramProposer, accept_point_mass, check_speculative, ngram_propose, race,
+    rejection_sample, stream_keys,
 )
+from ruvoninference.engine.sampler import seeded_exponentials, uniforms
 from ruvoninference.errors import RuvonError
 
 
@@ -70,22 +71,25 @@ def test_greedy_acceptance_keeps_the_agreeing_prefix_and_adds_the_targets_token(
 
 
 def _draws(probs: torch.Tensor, seeds: torch.Tensor, positions: torch.Tensor, salt: int) -> torch.Tensor:
-    return race(probs.expand(len(seeds), -1), row_keys(seeds, positions, salt))
+    return race(probs.expand(len(seeds), -1), stream_keys(seeds, positions, salt))
 
 
 def test_race_draws_follow_the_distribution_and_ignore_the_batch():
     probs = torch.tensor([0.5, 0.2, 0.15, 0.1, 0.05, 0.0])
     seeds = torch.arange(20000)
-    draws = _draws(probs, seeds, torch.full_like(seeds, 7), SALT_DRAW)
+    draws = _draws(probs, seeds, torch.full_like(seeds, 7), 0)
     assert chi_square_p_value(torch.bincount(draws, minlength=6), probs) > 1e-3
     # The same (seed, position) gives the same draw alone, in another batch or at another row.
-    alone = _draws(probs, seeds[123:124], torch.tensor([7]), SALT_DRAW)
+    alone = _draws(probs, seeds[123:124], torch.tensor([7]), 0)
     assert alone.item() == draws[123].item()
     shuffled = seeds.flip(0)
-    assert torch.equal(_draws(probs, shuffled, torch.full_like(seeds, 7), SALT_DRAW), draws.flip(0))
+    assert torch.equal(_draws(probs, shuffled, torch.full_like(seeds, 7), 0), draws.flip(0))
     # Another position, or another stream, is another draw.
-    assert (_draws(probs, seeds, torch.full_like(seeds, 8), SALT_DRAW) != draws).float().mean() > 0.3
-    assert (_draws(probs, seeds, torch.full_like(seeds, 7), SALT_DRAFT) != draws).float().mean() > 0.3
+    assert (_draws(probs, seeds, torch.full_like(seeds, 8), 0) != draws).float().mean() > 0.3
+    assert (_draws(probs, seeds, torch.full_like(seeds, 7), STREAM_DRAFT) != draws).float().mean() > 0.3
+    # Stream 0 is the sampler's own seeded draw: the same noise, hence the same token.
+    noise = seeded_exponentials(seeds[:50], torch.full((50,), 7), 6)
+    assert torch.equal((probs / noise).argmax(-1), draws[:50])
 
 
 def test_rejection_sampling_with_a_bad_draft_keeps_the_targets_distribution():
@@ -99,9 +103,9 @@ def test_rejection_sampling_with_a_bad_draft_keeps_the_targets_distribution():
                       [0.4, 0.3, 0.05, 0.2, 0.05, 0.0]])  # [K, V]: the draft, mostly wrong
     seeds = torch.arange(n) * 7919
     start = torch.full((n,), 11)
-    draft = torch.stack([_draws(q[i], seeds, start + i, SALT_DRAFT) for i in range(k)], 1)  # [n, K]
-    accept_u = torch.stack([uniforms(row_keys(seeds, start + i, SALT_ACCEPT)) for i in range(k)], 1)
-    residual_keys = torch.stack([row_keys(seeds, start + i, SALT_DRAW) for i in range(k + 1)], 1)
+    draft = torch.stack([_draws(q[i], seeds, start + i, STREAM_DRAFT) for i in range(k)], 1)  # [n, K]
+    accept_u = torch.cat([uniforms(stream_keys(seeds, start + i, STREAM_ACCEPT), 1) for i in range(k)], 1)
+    residual_keys = torch.stack([stream_keys(seeds, start + i) for i in range(k + 1)], 1)
     tokens, emitted = rejection_sample(p.expand(n, -1, -1), draft, q.expand(n, -1, -1),
                                        torch.full((n,), k), accept_u, residual_keys)
     accept_rate = ((emitted - 1).sum() / (n * k)).item()
@@ -121,7 +125,7 @@ def test_point_mass_acceptance_with_temperature_is_the_targets_draw():
     are the tokens the target draws alone, whatever was guessed."""
     probs = torch.tensor([0.3, 0.3, 0.2, 0.2])
     seeds = torch.arange(5000)
-    target = torch.stack([_draws(probs, seeds, torch.full_like(seeds, i), SALT_DRAW) for i in range(4)], 1)
+    target = torch.stack([_draws(probs, seeds, torch.full_like(seeds, i), 0) for i in range(4)], 1)
     guesses = torch.randint(0, 4, (5000, 3), generator=torch.Generator().manual_seed(0))
     tokens, emitted = accept_point_mass(target, guesses, torch.full((5000,), 3))
     for b in range(0, 5000, 97):
