@@ -28,6 +28,10 @@ FUSED_STYLE = {"sdpa": "tab:green", "flash_attention_2": "tab:orange", "triton":
                "sdpa_flash": "tab:olive", "sdpa_cudnn": "tab:green", "sdpa_efficient": "tab:gray",
                "flash_attn": "tab:orange"}
 EAGER = {"eager", "standard"}
+# Fused kernels often need the same memory to the MiB, so their lines coincide: each gets its own marker (hollow
+# where it can hold another inside) so that every provider stays visible on top of the others.
+MARKER = {"sdpa": ("o", 9), "sdpa_cudnn": ("o", 9), "flash_attention_2": ("^", 6), "flash_attn": ("^", 6),
+          "triton": ("x", 6), "sdpa_flash": ("D", 5), "sdpa_efficient": ("v", 6)}
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Figures and worked examples for the articles, from committed JSON.")
@@ -53,8 +57,8 @@ def _color(name: str) -> str:
 
 
 def _mark_oom(ax, xs: list[int], color: str, slot: int = 0) -> None:
-    """OOM points become labelled crosses near the top of the axes (a gap alone reads as missing data);
-    `slot` stacks several providers' marks at the same n."""
+    """OOM points on an axis where height means nothing for them (TFLOP/s): labelled crosses near the top of
+    the axes (a gap alone reads as missing data); `slot` stacks several providers' marks at the same n."""
     y = 0.95 - 0.09 * slot
     for x in xs:
         ax.plot([x], [y], marker="X", markersize=10, color=color, transform=ax.get_xaxis_transform(),
@@ -63,19 +67,76 @@ def _mark_oom(ax, xs: list[int], color: str, slot: int = 0) -> None:
                     textcoords="offset points", ha="right", va="center", color=color, fontsize=8, weight="bold")
 
 
+def extrapolated_need(ok: list[tuple[int, float]], x: int) -> float | None:
+    """What a run that ran out of memory would have needed: the last two measured points' power law
+    (memory ∝ n^k on log-log axes) carried on to n = x. An estimate, drawn and labelled as one."""
+    if len(ok) < 2:
+        return None
+    (x0, y0), (x1, y1) = sorted(ok)[-2:]
+    k = math.log(y1 / y0) / math.log(x1 / x0)
+    return y1 * (x / x1) ** k
+
+
+def _mark_oom_at_need(ax, ok: list[tuple[int, float]], xs: list[int], color: str, below: bool = False) -> None:
+    """OOM on a memory axis: a hollow cross at the memory the call would have needed (extrapolated from its
+    measured points, dotted from the last one), so its height says by how much it did not fit. `below` puts the
+    label under the cross instead of over it, for a second provider whose crosses land near the first's."""
+    for x in xs:
+        need = extrapolated_need(ok, x)
+        if need is None:
+            _mark_oom(ax, [x], color)
+            continue
+        last = max(ok)
+        ax.plot([last[0], x], [last[1], need], linestyle=":", color=color, linewidth=1.2)
+        ax.plot([x], [need], marker="X", markersize=10, color=color, markerfacecolor="white", linestyle="none")
+        ax.annotate(f"OOM: needs ~{need / 1024:,.0f} GiB (est.)", (x, need), xytext=(-4, -9 if below else 8),
+                    textcoords="offset points", ha="right", va="top" if below else "bottom", color=color,
+                    fontsize=7.5, weight="bold")
+
+
+def _coincide_note(ax, points: dict[str, list[tuple[int, float | None, str]]]) -> None:
+    """Say in the panel which lines lie on top of each other (within 5% at every common n), since one line
+    can hide another however the markers differ."""
+    curves = {name: {x: y for x, y, status in pts if status == "ok" and y} for name, pts in points.items()}
+    groups: list[list[str]] = []
+    for name in curves:
+        for group in groups:
+            ref = curves[group[0]]
+            common = set(ref) & set(curves[name])
+            if common and all(abs(curves[name][x] / ref[x] - 1) <= 0.05 for x in common):
+                group.append(name)
+                break
+        else:
+            groups.append([name])
+    lines = [f"{', '.join(g)}: within 5% of each other, lines overlap" for g in groups if len(g) > 1]
+    if lines:
+        ax.text(0.98, 0.03, "\n".join(lines), transform=ax.transAxes, ha="right", va="bottom", fontsize=7.5,
+                color="#444444", bbox={"facecolor": "white", "edgecolor": "#cccccc", "alpha": 0.9})
+
+
 def _series(ax, points: dict[str, list[tuple[int, float | None, str]]], ylabel: str) -> None:
-    """One line per provider on log-log axes; (x, None, 'OOM') entries become marked crosses."""
-    slot = 0
+    """One line per provider on log-log axes; (x, None, 'OOM') entries become crosses at the memory they would
+    have needed (extrapolated). A causal eager line is drawn wide and pale underneath, the non-causal one thin on
+    top, since the two need nearly the same memory."""
     for name, pts in points.items():
         ok = [(x, y) for x, y, status in pts if status == "ok" and y]
         eager = _is_eager(name)
-        if ok:
-            ax.plot(*zip(*ok), "-" if eager else "--", marker="s" if "causal" in name else "o", color=_color(name),
-                    label=name, linewidth=2 if eager else 1.5, markersize=5)
+        if ok and eager and "causal" in name:
+            ax.plot(*zip(*ok), "-", marker="s", color=_color(name), label=name, linewidth=6, markersize=9,
+                    alpha=0.45, zorder=2)
+        elif ok and eager:
+            ax.plot(*zip(*ok), "-", marker="o", color=_color(name), label=name, linewidth=1.8, markersize=4,
+                    zorder=4)
+        elif ok:
+            marker, size = MARKER.get(name, ("o", 5))
+            hollow = marker in ("o", "^", "D", "v")
+            ax.plot(*zip(*ok), "--", marker=marker, color=_color(name), label=name, linewidth=1.3,
+                    markersize=size, markerfacecolor="none" if hollow else _color(name), markeredgewidth=1.5,
+                    zorder=3)
         oom = [x for x, _, status in pts if status == "OOM"]
         if oom:
-            _mark_oom(ax, oom, _color(name), slot)
-            slot += 1
+            _mark_oom_at_need(ax, ok, oom, _color(name), below="causal" in name)
+    _coincide_note(ax, points)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("tokens n")
@@ -87,7 +148,7 @@ def memory_figure(flash: dict, kernel: dict | None, out: Path) -> Path:
     """Peak memory against context: the whole model's prefill (flash.json) and one attention call (kernel.json)."""
     plt = _pyplot()
     panels = 2 if kernel else 1
-    fig, axes = plt.subplots(1, panels, figsize=(6.2 * panels, 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, panels, figsize=(6.6 * panels, 5.0), squeeze=False, layout="constrained")
     scaling = flash["memory_scaling"]
     points: dict[str, list] = {}
     for r in scaling["rows"]:
@@ -115,9 +176,8 @@ def memory_figure(flash: dict, kernel: dict | None, out: Path) -> Path:
         ax.set_title(f"one attention call, {heads} heads × d={d}, {kernel['config']['dtype']}, batch 1", fontsize=10)
         ax.set_ylim(top=ax.get_ylim()[1] * 30)
         ax.legend(fontsize=8, loc="upper left")
-    fig.suptitle(f"Memory against context length: eager (solid) vs fused (dashed), {flash['environment']['device']}",
+    fig.suptitle(f"Memory against context length: eager (solid) vs fused (dashed)\n{flash['environment']['device']}",
                  fontsize=11)
-    fig.tight_layout()
     return _save(fig, out)
 
 
