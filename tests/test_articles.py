@@ -5,8 +5,9 @@ code spans and its links we take:
 
 - **paths**: link targets (relative to the article) and code tokens that start with one of the repository's
   top-level folders (`ruvoninference/`, `tests/`, `docs/`, ...). Each must exist in this checkout.
-- **commands**: every `cli.py ...`, `ruvon ...`, `python -m ...`, `python scripts/....py ...`, `pytest ...` and
-  `bash ....sh`, with `uv run`, `python`, `PYTHONPATH=.`-style prefixes, `$ ` prompts, `\\` continuations and
+- **commands**: every `cli.py ...`, `ruvon ...`, `python -m ...`, `python scripts/....py ...`,
+  `torchrun ... cli.py ...`, `pytest ...` and `bash ....sh`, with `uv run`, `python`, `PYTHONPATH=.`-style
+  prefixes, `$ ` prompts, `\\` continuations and
   `# comments` handled. Typer commands (`cli.py`, `python -m ruvon_cli.report`) are parsed in-process by the
   real Typer app's click command, exactly as `--help` describes it: an unknown subcommand or option, a missing
   value, or a value of the wrong type (an integer option given `512MiB`) fails. Other Python entry points must
@@ -30,7 +31,7 @@ import typer
 ROOT = Path(__file__).resolve().parents[1]
 ARTICLES = sorted((ROOT / "articles").glob("*.md"))
 TOP_LEVEL = ("ruvoninference", "ruvon_cli", "tests", "scripts", "docs", "articles")
-PATH_TOKEN = re.compile(r"(?<![\w:/.-])(?:\.\./)*((?:%s)/[\w./-]*)" % "|".join(TOP_LEVEL))
+PATH_TOKEN = re.compile(r"(?<![\w:/.-])(?:\.\./)*((?:" + "|".join(TOP_LEVEL) + r")/[\w./-]*)")
 PLACEHOLDER = re.compile(r"[<>{}*…]|\.\.\.")
 SEPARATORS = {"&&", "||", ";", "|", "&"}
 
@@ -103,9 +104,7 @@ def commands(snippet: Snippet) -> list[list[str]]:
     Commands after a `git checkout` run at another commit and are left out."""
     if snippet.kind != "code":
         return []
-    text = snippet.text.strip()
-    if text.startswith("$ "):
-        text = text[2:]
+    text = snippet.text.strip().removeprefix("$ ")
     try:
         tokens = shlex.split(text, comments=True)
     except ValueError:  # an unbalanced quote: prose in backticks, not a command
@@ -145,6 +144,13 @@ def entry_point(argv: list[str]) -> Entry | None:
             argv.pop(0)
     if not argv:
         return None
+    if argv[0] == "torchrun" or argv[:3] in (["python", "-m", "torch.distributed.run"],
+                                             ["python3", "-m", "torch.distributed.run"]):
+        # torchrun's own options come first; what it launches is the first script or `-m module`
+        start = next((i for i, a in enumerate(argv) if a.endswith(".py") or a == "-m"), None)
+        if start is None or start == 0:
+            return None
+        argv = ["python", *argv[start:]]
     via_python = argv[0] in ("python", "python3")
     if via_python:
         argv = argv[1:]
@@ -284,10 +290,12 @@ PYTHONPATH=. python3 scripts/kernel_explore.py --no-such-mode
 uv run cli.py no-such-command
 uv run pytest tests/no_such_test.py
 uv run python -m ruvon_cli.report memory flash.json          # --out is required
+CUDA_VISIBLE_DEVICES=0,1 uv run torchrun --nproc-per-node 2 cli.py generate --text hi --no-such-tp-flag
 git checkout 9783674 && python3 scripts/kernel_explore.py --anything-then
 ```
 
-Good ones: `uv run cli.py generate --text "a b" --max-tokens 8 --attn sdpa` and
+Good ones: `uv run cli.py generate --text "a b" --max-tokens 8 --attn sdpa`,
+`torchrun --nproc-per-node 2 cli.py generate --text hi` and
 `python -m ruvon_cli.report kernel docs/benchmarks/h200-kernel/kernel.json --out k.png` and
 [part 9](part-09-flashattention.md) and `git show 9783674:scripts/gone.py`.
 """
@@ -304,4 +312,5 @@ def test_the_checker_fails_on_bad_commands_and_paths():
     assert "No such command 'no-such-command'" in text
     assert "bad.md:9: path tests/no_such_test.py does not exist" in text
     assert "Missing option '--out'" in text
-    assert len(found) == 7, text  # and nothing else: the good commands, the link and the other commit pass
+    assert "bad.md:11:" in text and "--no-such-tp-flag" in text  # launched by torchrun, still checked
+    assert len(found) == 8, text  # and nothing else: the good commands, the link and the other commit pass
