@@ -58,13 +58,28 @@ def flash(
         label = ("peak CUDA memory above the weights" if dev.type == "cuda"
                  else "peak PyTorch CPU allocations above the weights (profiler)")
         console.print(render.scaling_table(rows, label))
-        for r in rows:
-            if r.get("attention_ops") is not None:
-                ops = ", ".join(op.removeprefix("aten::") for op in r["attention_ops"]) or "matmul + softmax (no fused op)"
-                console.print(f"[dim]{r['implementation']} attention ran as: {ops}[/dim]", highlight=False)
+        ran = [line for r in rows for line in ran_as_lines(r)]
+        for line in ran:
+            console.print(f"[dim]{line}[/dim]", highlight=False)
         data["memory_scaling"] = {"rows": rows, "memory": label, "lengths": usable, "left_out": left_out}
     render.write_json(json_path, data)
     md = to_markdown(data)
     if show_memory:
         md += "\n" + scaling_markdown(data["memory_scaling"])
+        md += "".join(f"\n- {line}" for line in ran) + "\n" if ran else ""
     render.write_text(markdown_path, md)
+
+
+def ran_as_lines(row: dict) -> list[str]:
+    """What one backend's profiled prefill ran for attention: GPU kernels where recorded, else the operators."""
+    impl, n = row["implementation"], row["sequence_length"]
+    if row.get("attention_kernels"):
+        kernels = ", ".join(f"{k['name']} x{k['launches']} ({k['cuda_us'] / 1000:.2f} ms)"
+                            for k in row["attention_kernels"])
+        return [f"{impl} attention at {n} tokens ran the GPU kernels: {kernels}"]
+    if row.get("attention_ops") is None:
+        return []
+    ops = ", ".join(op.removeprefix("aten::") for op in row["attention_ops"])
+    if not ops:
+        return [f"{impl} attention at {n} tokens: the profiler recorded no attention operator"]
+    return [f"{impl} attention at {n} tokens ran the operators: {ops}"]

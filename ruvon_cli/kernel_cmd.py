@@ -5,23 +5,17 @@ The same options as `python -m ruvoninference.bench.kernels [--paged]`.
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Optional
 
 import typer
 
 from ruvon_cli import render
-from ruvon_cli.common import JsonPath, MarkdownPath, command_line, friendly
+from ruvon_cli.common import JsonPath, MarkdownPath, command_line, friendly, load_saved
 from ruvon_cli.render import console, err_console
 
 PlotPath = Annotated[Optional[str], typer.Option("--plot", help="Write a plot (PNG) here.")]
 RenderPath = Annotated[Optional[str], typer.Option("--render", help="Render a saved --json report instead of measuring.")]
 SeqLens = Annotated[Optional[list[int]], typer.Option("--seq-len", help="Sequence lengths (repeatable).")]
-
-
-def _load(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
 
 
 def _emit(data: dict, md: str, json_path, markdown_path, plot, draw, report, table) -> None:
@@ -49,8 +43,8 @@ def kernel_benchmark(
     from ruvoninference.bench import kernels as kb
 
     if render_path:
-        saved = _load(render_path)
-        report, command = kb.report_from_dict(saved), saved.get("command", "(not recorded)")
+        report, saved = load_saved(render_path, kb.report_from_dict, "kernel benchmark")
+        command = saved.get("command", "(not recorded)")
         json_path = None
     else:
         with render.progress_bar() as progress:
@@ -70,25 +64,56 @@ def kernel_paged(
     batch: Annotated[Optional[list[int]], typer.Option("--batch", help="Decode batch sizes (repeatable).")] = None,
     kv_len: Annotated[Optional[list[int]], typer.Option("--kv-len", help="Decode cache lengths (repeatable).")] = None,
     seq_len: SeqLens = None,
-    part: Annotated[str, typer.Option("--part", help="decode, prefill or both.")] = "both",
+    part: Annotated[str, typer.Option("--part", help="decode, prefill, short (batch-1 prompts vs FA2), both "
+                                                      "(decode and prefill) or all.")] = "both",
+    heads: Annotated[Optional[list[str]], typer.Option("--heads", help="Head shape QUERY/KVxDIM, like 28/4x128 "
+                                                                       "(repeatable).")] = None,
+    cell: Annotated[Optional[list[str]], typer.Option("--cell", help="Decode cell BATCHxKV_LEN, like 4x32768, instead "
+                                                                     "of the --batch x --kv-len grid (repeatable).")] = None,
+    ragged: Annotated[bool, typer.Option("--ragged", help="Decode lengths drawn between kv_len/2 and kv_len.")] = False,
     render_path: RenderPath = None,
 ) -> None:
     """Paged attention: split-KV decode vs FlashAttention-2 and SDPA (µs, GB/s), prefill over pages vs contiguous."""
     from ruvoninference.bench import kernels as kb
     from ruvoninference.errors import RuvonError
 
-    if part not in ("decode", "prefill", "both"):
-        raise RuvonError(f"--part must be decode, prefill or both, not {part!r}.")
+    if part not in kb.PARTS:
+        raise RuvonError(f"--part must be one of {', '.join(kb.PARTS)}, not {part!r}.")
     if render_path:
-        saved = _load(render_path)
-        report, command = kb.paged_report_from_dict(saved), saved.get("command", "(not recorded)")
+        report, saved = load_saved(render_path, kb.paged_report_from_dict, "kernel paged")
+        command = saved.get("command", "(not recorded)")
         json_path = None
     else:
-        parts = ("decode", "prefill") if part == "both" else (part,)
+        shapes = [kb.parse_heads(h) for h in heads] if heads else kb.DECODE_HEADS
+        pairs = [kb.parse_cell(c) for c in cell] if cell else None
         with render.progress_bar() as progress:
-            report = kb.run_paged_benchmark(batch or kb.DECODE_BATCHES, kv_len or kb.DECODE_KV_LENS, kb.DECODE_HEADS,
-                                            seq_len or kb.PREFILL_SEQ_LENS, parts, progress=progress)
+            report = kb.run_paged_benchmark(batch or kb.DECODE_BATCHES, kv_len or kb.DECODE_KV_LENS, shapes,
+                                            seq_len or kb.PREFILL_SEQ_LENS, kb.PARTS[part], progress=progress,
+                                            ragged=ragged, pairs=pairs)
         command = command_line()
     data = {**report.to_dict(), "command": command}
     _emit(data, kb.paged_markdown(report, command), json_path, markdown_path, plot, kb.paged_plot, report,
           render.paged_tables(data))
+    if data.get("prefill_short"):
+        console.print(short_table(data))
+
+
+def short_table(data: dict):
+    """Batch-1 prompts: ours (contiguous and over pages) against FlashAttention-2, CUDA-graph µs and ratios."""
+    from rich.table import Table
+
+    table = Table(title="Short prompts, batch 1: µs in a CUDA graph; ÷FA2 > 1 = ours faster (eager in --markdown)")
+    for col in ("heads", "n", "ours", "paged", "FA2", "SDPA", "÷FA2", "paged ÷FA2"):
+        table.add_column(col, justify="right")
+    rows = {(r["heads_q"], r["heads_kv"], r["head_dim"], r["seq_len"], r["provider"]): r for r in data["prefill_short"]}
+    for q in data["prefill_short_ratios"]:
+        key = (q["heads_q"], q["heads_kv"], q["head_dim"], q["seq_len"])
+
+        def us(provider):
+            r = rows.get((*key, provider))
+            return render.num(r and r["graph_us"], ".1f") if r and r["status"] == "ok" else (r["status"][:8] if r else "—")
+
+        table.add_row(f"{key[0]}/{key[1]}x{key[2]}", str(key[3]), us("ours_contiguous"), us("ours_paged_256"),
+                      us("flash_attn"), us("sdpa"), render.num(q["ours_contiguous_vs_fa2_graph"], ".2f"),
+                      render.num(q["ours_paged_256_vs_fa2_graph"], ".2f"))
+    return table

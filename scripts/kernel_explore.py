@@ -9,6 +9,7 @@
                                                                  # (git show REV:ruvoninference/kernels/paged_attention.py)
   PYTHONPATH=. python3 scripts/kernel_explore.py --shapes       # decode on untuned head shapes, ragged: splits x tiles
   PYTHONPATH=. python3 scripts/kernel_explore.py --prefill-short   # batch-1 prompts of 256-2k tokens vs FA2, SDPA
+  PYTHONPATH=. python3 scripts/kernel_explore.py --kernels-ran  # the attention kernels `flash` reports, per backend
 
 Prefill variants each run in their own process because the switches are read when the kernel is launched
 and the autotuner caches its choice per process. The paged sweep times, on a few decode cells, every tile
@@ -506,6 +507,33 @@ def prefill_short() -> None:
                                   "host_us": host_us and round(host_us, 1), "status": status, **extra}), flush=True)
 
 
+def kernels_ran() -> None:
+    """What `flash` records as the attention kernels, per backend, on a small random Llama (Qwen3-0.6B's
+    16/8 x 128 heads, 2 layers; no tokenizer needed): bench.prefill.attention_ops on 512 tokens."""
+    import types
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ruvoninference.attention import triton_backend
+    from ruvoninference.bench.prefill import attention_ops
+
+    triton_backend.register()
+    for impl in ("eager", "sdpa", "flash_attention_2", "triton"):
+        config = LlamaConfig(hidden_size=2048, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=16,
+                             num_key_value_heads=8, head_dim=128, vocab_size=1000, attn_implementation=impl)
+        try:
+            model = LlamaForCausalLM(config).to("cuda", torch.bfloat16).eval()
+            loaded = types.SimpleNamespace(model=model, device=torch.device("cuda"))
+            ids = list(range(1, 513))
+            attention_ops(loaded, ids)  # warm (autotune, compile) outside the profiled pass
+            ops, kernels = attention_ops(loaded, ids)
+        except Exception as exc:
+            ops, kernels = f"error: {type(exc).__name__}: {str(exc)[:200]}", None
+        print(json.dumps({"part": "kernels_ran", "implementation": impl, "attention_ops": ops,
+                          "attention_kernels": kernels}), flush=True)
+
+
 def flash_profile(model: str) -> None:
     """What `flash --show-memory` measures, per backend (transformers' model, batch 1): prefill time and the
     attention kernels the profiler saw, at a few short lengths."""
@@ -533,6 +561,8 @@ if __name__ == "__main__":
         paged_prefill_sweep()
     elif len(sys.argv) > 1 and sys.argv[1] == "--shapes":
         shapes_sweep()
+    elif len(sys.argv) > 1 and sys.argv[1] == "--kernels-ran":
+        kernels_ran()
     elif len(sys.argv) > 2 and sys.argv[1] == "--flash-profile":
         flash_profile(sys.argv[2])
     elif len(sys.argv) > 1 and sys.argv[1] == "--prefill-short":

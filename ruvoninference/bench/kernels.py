@@ -371,6 +371,9 @@ DECODE_KV_LENS = [1024, 4096, 16384, 65536, 131072]
 DECODE_HEADS = [(32, 8, 128), (9, 3, 64)]  # (heads_q, heads_kv, head_dim): Llama-8B-like, SmolLM2-135M
 MAX_CELL_TOKENS = 4 * 2**20  # batch × kv_len per cell: 17 GB of K/V at 8 × 128 heads, bf16
 PREFILL_SEQ_LENS = [1024, 4096, 16384]
+SHORT_SEQ_LENS = [256, 512, 1024, 2048]  # batch-1 prompts, where a reader first meets the prefill kernel
+SHORT_HEADS = [(12, 12, 64), (9, 3, 64), (16, 8, 128)]  # gpt2, smollm2-135m, qwen3-0.6b
+SHORT_PROVIDERS = ["ours_contiguous", "ours_paged_256", "flash_attn", "flash_attn_varlen", "sdpa"]
 DECODE_PROVIDERS = ["triton_paged_16", "triton_paged_256", "flash_attn_paged_256", "sdpa_contiguous"]
 
 
@@ -386,6 +389,7 @@ class DecodeRow:
     gbps: float | None  # K and V bytes read per second, GB/s
     status: str
     splits: int | None = None  # ours: the split count the heuristic chose
+    tokens: int | None = None  # cached tokens read (batch × kv_len, or the sum of ragged lengths)
 
 
 @dataclass
@@ -402,6 +406,20 @@ class PagedPrefillRow:
 
 
 @dataclass
+class ShortPrefillRow:
+    """One batch-1 prompt of seq_len tokens (causal): a provider's kernel time in a CUDA graph and per eager call."""
+
+    provider: str  # "ours_contiguous", "ours_paged_256", "flash_attn", "flash_attn_varlen", "sdpa"
+    seq_len: int
+    heads_q: int
+    heads_kv: int
+    head_dim: int
+    graph_us: float | None  # median of CUDA-graph replays: the GPU work alone
+    eager_us: float | None  # median of do_bench over eager calls: launches included, as a model calls it
+    status: str
+
+
+@dataclass
 class PagedReport:
     environment: dict
     config: dict
@@ -410,18 +428,58 @@ class PagedReport:
     prefill: list[PagedPrefillRow] = field(default_factory=list)
     errors: dict[str, float] = field(default_factory=dict)  # provider -> relative error vs float64
     unavailable: dict[str, str] = field(default_factory=dict)
+    prefill_short: list[ShortPrefillRow] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"environment": self.environment, "config": self.config, "copy_gbps": self.copy_gbps,
                 "decode": [asdict(r) for r in self.decode], "prefill": [asdict(r) for r in self.prefill],
+                "prefill_short": [asdict(r) for r in self.prefill_short],
                 "decode_ratios": decode_ratios(self), "prefill_ratios": prefill_ratios(self),
+                "prefill_short_ratios": prefill_short_ratios(self),
                 "errors": self.errors, "unavailable": self.unavailable}
 
 
 def paged_report_from_dict(data: dict) -> PagedReport:
     return PagedReport(data["environment"], data["config"], data.get("copy_gbps"),
                        [DecodeRow(**r) for r in data["decode"]], [PagedPrefillRow(**r) for r in data["prefill"]],
-                       data.get("errors", {}), data.get("unavailable", {}))
+                       data.get("errors", {}), data.get("unavailable", {}),
+                       [ShortPrefillRow(**r) for r in data.get("prefill_short", [])])
+
+
+PARTS = {"decode": ("decode",), "prefill": ("prefill",), "short": ("short",), "both": ("decode", "prefill"),
+         "all": ("decode", "prefill", "short")}
+
+
+def parse_cell(spec: str) -> tuple[int, int]:
+    """"4x32768" -> (4, 32768): a decode cell's batch and kv_len, as `--cell` takes it."""
+    from ruvoninference.errors import RuvonError
+
+    try:
+        batch, kv_len = (int(x) for x in spec.lower().split("x"))
+    except ValueError:
+        raise RuvonError(f"--cell takes BATCHxKV_LEN, like 4x32768, not {spec!r}.") from None
+    if batch < 1 or kv_len < 256:
+        raise RuvonError(f"--cell {spec}: batch must be at least 1 and kv_len at least 256.")
+    return batch, kv_len
+
+
+def parse_heads(spec: str) -> tuple[int, int, int]:
+    """"28/4x128" -> (28, 4, 128): query heads / KV heads x head_dim, as `--heads` takes it."""
+    from ruvoninference.errors import RuvonError
+
+    try:
+        heads, dim = spec.lower().split("x")
+        hq, hkv = heads.split("/")
+        shape = int(hq), int(hkv), int(dim)
+    except ValueError:
+        raise RuvonError(f"--heads takes QUERY/KV x HEAD_DIM, like 28/4x128, not {spec!r}.") from None
+    if min(shape) < 1 or shape[0] % shape[1]:
+        raise RuvonError(f"--heads {spec}: query heads must be a positive multiple of the KV heads.")
+    from ruvoninference.kernels.flash_attention import SUPPORTED_HEAD_DIMS
+
+    if shape[2] not in SUPPORTED_HEAD_DIMS:
+        raise RuvonError(f"--heads {spec}: head_dim must be one of {', '.join(map(str, SUPPORTED_HEAD_DIMS))}.")
+    return shape
 
 
 def copy_bandwidth_gbps(nbytes: int = 2 * 2**30) -> float:
@@ -461,7 +519,7 @@ def _graph_time_us(fn: Callable, rep: int = 50) -> float:
     return triton.testing.do_bench_cudagraph(fn, rep=rep, return_mode="median") * 1e3
 
 
-def _decode_providers(q, pool_k, pool_v, seq_lens, tables, heads_kv, head_dim, unavailable):
+def _decode_providers(q, pool_k, pool_v, seq_lens, tables, heads_kv, head_dim, unavailable, sdpa=True):
     """Callables for one cell. The pool is [tokens, heads_kv, d]; each provider views it its own way."""
     from ruvoninference.kernels.paged_attention import paged_decode_attention
 
@@ -483,6 +541,8 @@ def _decode_providers(q, pool_k, pool_v, seq_lens, tables, heads_kv, head_dim, u
             q4, k256, v256, cache_seqlens=seq_lens, block_table=tables[256])
     except ImportError:
         unavailable["flash_attn_paged_256"] = "flash-attn is not installed (uv sync --group flash)"
+    if not sdpa:
+        return fns
     # SDPA: the same keys, gathered once (not timed) into [batch, heads_kv, kv_len, d].
     rows = (tables[256].long()[:, :, None] * 256 + torch.arange(256, device=q.device)).view(batch, kv_len)
     kc = pool_k[rows].transpose(1, 2).contiguous()
@@ -517,7 +577,10 @@ def decode_errors(heads_q: int, heads_kv: int, head_dim: int, dtype, unavailable
     return errors
 
 
-def run_decode_benchmark(report: PagedReport, cells, dtype, progress=None) -> None:
+def run_decode_benchmark(report: PagedReport, cells, dtype, progress=None, ragged: bool = False) -> None:
+    """Every cell's providers. `ragged`: sequence lengths drawn between kv_len / 2 and kv_len (seeded per cell)
+    in one table sized for kv_len; bandwidth counts the tokens actually read. SDPA is then left out: over
+    contiguous K/V it has no per-sequence lengths without a mask, which would time another kernel."""
     from ruvoninference.kernels.paged_attention import choose_num_splits
 
     for hq, hkv, d in sorted({c[:3] for c in cells}):
@@ -525,29 +588,32 @@ def run_decode_benchmark(report: PagedReport, cells, dtype, progress=None) -> No
     for i, (hq, hkv, d, batch, kv_len) in enumerate(cells):
         if progress:
             progress(f"decode {hq}/{hkv}x{d} b={batch} kv={kv_len}", i, len(cells))
-        kv_bytes = 2 * batch * kv_len * hkv * d * torch.finfo(dtype).bits // 8
         try:
             gen = torch.Generator(device="cuda").manual_seed(i)
             pool_k = torch.randn(batch * kv_len, hkv, d, device="cuda", dtype=dtype, generator=gen)
             pool_v = torch.randn_like(pool_k)
             q = torch.randn(batch, hq, d, device="cuda", dtype=dtype, generator=gen)
-            seq_lens = torch.full((batch,), kv_len, dtype=torch.int32, device="cuda")
+            seq_lens = (ragged_lengths(batch, kv_len, "cuda", seed=i) if ragged
+                        else torch.full((batch,), kv_len, dtype=torch.int32, device="cuda"))
+            tokens = int(seq_lens.sum())
+            kv_bytes = 2 * tokens * hkv * d * torch.finfo(dtype).bits // 8
             tables = {s: shuffled_tables(batch, kv_len, s, "cuda") for s in (16, 256)}
-            fns = _decode_providers(q, pool_k, pool_v, seq_lens, tables, hkv, d, report.unavailable)
+            fns = _decode_providers(q, pool_k, pool_v, seq_lens, tables, hkv, d, report.unavailable,
+                                    sdpa=not ragged)
         except Exception as exc:
             status = "OOM" if is_out_of_memory(exc) else f"error: {type(exc).__name__}: {str(exc)[:120]}"
             report.decode += [DecodeRow(p, batch, kv_len, hq, hkv, d, None, None, status) for p in DECODE_PROVIDERS]
             continue
         for name in DECODE_PROVIDERS:
-            row = DecodeRow(name, batch, kv_len, hq, hkv, d, None, None, "ok")
+            row = DecodeRow(name, batch, kv_len, hq, hkv, d, None, None, "ok", tokens=tokens)
             if name not in fns:
-                row.status = "unavailable"
+                row.status = "not run (ragged)" if ragged and name == "sdpa_contiguous" else "unavailable"
             else:
                 try:
-                    row.us = _graph_time_us(fns[name])
+                    row.us = _graph_time_us(fns[name], rep=30)
                     row.gbps = kv_bytes / (row.us * 1e-6) / 1e9
                     if name.startswith("triton"):
-                        row.splits = choose_num_splits(batch, hkv, kv_len, q.device, d)
+                        row.splits = choose_num_splits(batch, hkv, kv_len, q.device, d, hq // hkv)
                 except Exception as exc:
                     row.status = "OOM" if is_out_of_memory(exc) else f"error: {type(exc).__name__}: {str(exc)[:120]}"
             report.decode.append(row)
@@ -602,21 +668,34 @@ def run_paged_benchmark(
     parts: tuple[str, ...] = ("decode", "prefill"),
     dtype: torch.dtype = torch.bfloat16,
     progress: Callable[[str, int, int], None] | None = None,
+    ragged: bool = False,
+    pairs: list[tuple[int, int]] | None = None,
+    short_seq_lens: list[int] = SHORT_SEQ_LENS,  # noqa: B006 - read only
 ) -> PagedReport:
+    """parts: "decode", "prefill" (batch × seq_len = TOKENS_PER_BATCH, paged against contiguous) and "short"
+    (batch-1 prompts against FA2 and SDPA). `pairs` (batch, kv_len) replaces the batches × kv_lens grid."""
     if not torch.cuda.is_available():
         from ruvoninference.errors import RuvonError
 
         raise RuvonError("The paged kernel benchmark needs a CUDA GPU and none is visible; run it on a GPU machine.")
-    bad = [n for n in kv_lens + prefill_seq_lens if n % 256]
+    if pairs:
+        kv_lens = sorted({n for _, n in pairs})
+    bad = [n for n in kv_lens + prefill_seq_lens + short_seq_lens if n % 256]
     if bad:
         from ruvoninference.errors import RuvonError
 
         raise RuvonError(f"Lengths must be multiples of 256 (the largest page size compared), not {bad}.")
     from ruvoninference.kernels import paged_attention as pa
 
-    cells = decode_cells(batches, kv_lens, heads) if "decode" in parts else []
+    if pairs:
+        cells = [(hq, hkv, d, b, n) for hq, hkv, d in heads for b, n in pairs if b * n <= MAX_CELL_TOKENS]
+        batches = sorted({b for b, _ in pairs})
+    else:
+        cells = decode_cells(batches, kv_lens, heads)
+    cells = cells if "decode" in parts else []
     report = PagedReport(describe("cuda"), {
-        "parts": list(parts), "dtype": dtype_name(dtype), "batches": batches, "kv_lens": kv_lens,
+        "parts": list(parts), "ragged": ragged, "pairs": [list(p) for p in pairs] if pairs else None,
+        "short_seq_lens": short_seq_lens if "short" in parts else None, "dtype": dtype_name(dtype), "batches": batches, "kv_lens": kv_lens,
         "heads": [list(h) for h in heads], "max_cell_tokens": MAX_CELL_TOKENS, "decode_cells": len(cells),
         "prefill_seq_lens": prefill_seq_lens, "tokens_per_batch": TOKENS_PER_BATCH,
         "decode_timing": "triton.testing.do_bench_cudagraph median (CUDA-graph replays), microseconds",
@@ -625,18 +704,93 @@ def run_paged_benchmark(
         "prefill_tile": {f"d={d} seq_len={n}": pa.prefill_tile(d, n).describe()
                          for d in sorted({h[2] for h in heads}) for n in prefill_seq_lens},
         "split_policy": {"programs_per_sm": {d: pa.programs_per_sm(d) for d in sorted({h[2] for h in heads})},
-                         "min_tokens_per_split": pa.MIN_TOKENS_PER_SPLIT,
+                         "min_tokens_per_split": "max(64, 2*sqrt(max_seq_len), 16*group)",
                          "max_splits": pa.MAX_SPLITS},
+        "flash_attn_settings": "flash_attn_with_kvcache(q [b,1,hq,d], paged k/v (pages of 256), cache_seqlens, "
+                               "block_table), its own split heuristic; short prompts: flash_attn_func and "
+                               "flash_attn_varlen_func, causal, defaults",
         "l2_bytes": getattr(torch.cuda.get_device_properties(0), "L2_cache_size", None),
     })
     report.copy_gbps = copy_bandwidth_gbps()
     if "decode" in parts:
-        run_decode_benchmark(report, cells, dtype, progress)
+        run_decode_benchmark(report, cells, dtype, progress, ragged=ragged)
     if "prefill" in parts:
         run_paged_prefill_benchmark(report, prefill_seq_lens, heads, dtype, progress)
+    if "short" in parts:
+        run_short_prefill_benchmark(report, short_seq_lens, SHORT_HEADS if heads == DECODE_HEADS else heads,
+                                    dtype, progress)
     if progress:
         progress("done", 1, 1)
     return report
+
+
+def _short_providers(q, k, v, n: int) -> dict[str, Callable]:
+    """Callables for one batch-1 causal prompt: q [n, hq, d], k and v [n, hkv, d] (n a multiple of 256)."""
+    from ruvoninference.kernels.paged_attention import paged_prefill_attention
+
+    hkv, d = k.shape[1:]
+    cu = torch.tensor([0, n], dtype=torch.int32, device=q.device)
+    lens = torch.tensor([n], dtype=torch.int32, device=q.device)
+    table = shuffled_tables(1, n, 256, q.device)
+    pk, pv = k.view(-1, 256, hkv, d), v.view(-1, 256, hkv, d)
+    qc, kc, vc = (t.unsqueeze(0).transpose(1, 2) for t in (q, k, v))  # [1, h, n, d] views
+    fns = {
+        "ours_contiguous": lambda: flash_attention_triton(qc, kc, vc, causal=True),
+        "ours_paged_256": lambda: paged_prefill_attention(q, pk, pv, cu, lens, table),
+        "sdpa": lambda: torch.nn.functional.scaled_dot_product_attention(qc, kc, vc, is_causal=True, enable_gqa=True),
+    }
+    try:
+        from flash_attn import flash_attn_func, flash_attn_varlen_func
+
+        fns["flash_attn"] = lambda: flash_attn_func(q[None], k[None], v[None], causal=True)
+        fns["flash_attn_varlen"] = lambda: flash_attn_varlen_func(q, k, v, cu, cu, n, n, causal=True)
+    except ImportError:
+        pass
+    return fns
+
+
+def run_short_prefill_benchmark(report: PagedReport, seq_lens, heads, dtype, progress=None) -> None:
+    """Batch 1, causal, fresh prompts of the embedded models' shapes: every provider in a CUDA graph and eagerly."""
+    import triton.testing
+
+    cells = [(hq, hkv, d, n) for hq, hkv, d in heads for n in seq_lens]
+    for i, (hq, hkv, d, n) in enumerate(cells):
+        if progress:
+            progress(f"short prefill {hq}/{hkv}x{d} n={n}", i, len(cells))
+        gen = torch.Generator(device="cuda").manual_seed(200 + i)
+        q = torch.randn(n, hq, d, device="cuda", dtype=dtype, generator=gen)
+        k = torch.randn(n, hkv, d, device="cuda", dtype=dtype, generator=gen)
+        v = torch.randn_like(k)
+        fns = _short_providers(q, k, v, n)
+        for name in SHORT_PROVIDERS:
+            row = ShortPrefillRow(name, n, hq, hkv, d, None, None, "ok")
+            if name not in fns:
+                row.status = "unavailable"
+            else:
+                try:
+                    row.graph_us = _graph_time_us(fns[name], rep=25)
+                    row.eager_us = triton.testing.do_bench(fns[name], rep=25, return_mode="median") * 1e3
+                except Exception as exc:
+                    row.status = f"error: {type(exc).__name__}: {str(exc)[:120]}"
+            report.prefill_short.append(row)
+
+
+def prefill_short_ratios(report: PagedReport) -> list[dict]:
+    """Per prompt: FA2's time over ours (> 1: ours faster), CUDA-graph and eager, contiguous and paged."""
+    cells: dict[tuple, dict[str, ShortPrefillRow]] = {}
+    for r in report.prefill_short:
+        cells.setdefault((r.heads_q, r.heads_kv, r.head_dim, r.seq_len), {})[r.provider] = r
+    out = []
+    for key, cell in cells.items():
+        entry = dict(zip(("heads_q", "heads_kv", "head_dim", "seq_len"), key))
+        fa2 = cell.get("flash_attn")
+        for ours in ("ours_contiguous", "ours_paged_256"):
+            mine = cell.get(ours)
+            for timing in ("graph_us", "eager_us"):
+                a, b = getattr(fa2, timing, None) if fa2 else None, getattr(mine, timing, None) if mine else None
+                entry[f"{ours}_vs_fa2_{timing.removesuffix('_us')}"] = a / b if a and b else None
+        out.append(entry)
+    return out
 
 
 def decode_ratios(report: PagedReport) -> list[dict]:
@@ -691,7 +845,9 @@ def paged_markdown(report: PagedReport, command: str) -> str:
     if report.decode:
         providers = DECODE_PROVIDERS
         lines += [
-            "## Decode: one new token per sequence, every sequence kv_len long", "",
+            ("## Decode: one new token per sequence, lengths drawn between kv_len / 2 and kv_len (ragged; GB/s "
+             "count the tokens read)" if report.config.get("ragged")
+             else "## Decode: one new token per sequence, every sequence kv_len long"), "",
             "Microseconds per call (median of CUDA-graph replays) and GB/s of K and V read. ours/FA2 = FA2's "
             "time over ours (> 1: ours faster); copy% = our GB/s over the copy's; ceiling = the fastest K/V "
             f"read of any provider in this run ({_fmt(max((r.gbps for r in report.decode if r.gbps), default=None), ',.0f')} "
@@ -744,9 +900,37 @@ def paged_markdown(report: PagedReport, command: str) -> str:
             batch = next(iter(cell.values())).batch
             lines.append(f"| {key[0]}/{key[1]} x {key[2]} | {key[3]} | {batch} | " + " | ".join(vals + tf)
                          + f" | {_fmt(rt['paged_16_vs_contiguous'], '.2f')} | {_fmt(rt['paged_256_vs_contiguous'], '.2f')} |")
+    if report.prefill_short:
+        lines += short_prefill_markdown(report)
     if report.unavailable:
         lines += ["", "Not measured: " + "; ".join(f"{k}: {v}" for k, v in report.unavailable.items())]
     return "\n".join(lines) + "\n"
+
+
+def short_prefill_markdown(report: PagedReport) -> list[str]:
+    lines = [
+        "", "## Short prompts, batch 1 (causal): ours against FlashAttention-2 and SDPA", "",
+        "µs per call: `graph` = median of CUDA-graph replays (the GPU work alone), `eager` = median of do_bench "
+        "over eager calls (launch costs included, as a model calls it). ÷FA2 = flash_attn_func's time over ours.", "",
+        "| heads q/kv x d | seq_len | " + " | ".join(f"{p} graph | {p} eager" for p in SHORT_PROVIDERS)
+        + " | contiguous ÷FA2 graph | contiguous ÷FA2 eager | paged ÷FA2 graph | paged ÷FA2 eager |",
+        "|" + "---|" * (2 + 2 * len(SHORT_PROVIDERS) + 4),
+    ]
+    ratio = {(r["heads_q"], r["heads_kv"], r["head_dim"], r["seq_len"]): r for r in prefill_short_ratios(report)}
+    cells: dict[tuple, dict[str, ShortPrefillRow]] = {}
+    for r in report.prefill_short:
+        cells.setdefault((r.heads_q, r.heads_kv, r.head_dim, r.seq_len), {})[r.provider] = r
+    for key, cell in cells.items():
+        vals = []
+        for p in SHORT_PROVIDERS:
+            r = cell.get(p)
+            vals += ([_fmt(r.graph_us, ".1f"), _fmt(r.eager_us, ".1f")] if r and r.status == "ok"
+                     else [r.status if r else "—"] * 2)
+        rt = ratio[key]
+        lines.append(f"| {key[0]}/{key[1]} x {key[2]} | {key[3]} | " + " | ".join(vals) + " | " + " | ".join(
+            _fmt(rt[f"{o}_vs_fa2_{t}"], ".2f") for o in ("ours_contiguous", "ours_paged_256") for t in ("graph", "eager"))
+            + " |")
+    return lines
 
 
 def _pct(x: float | None) -> float | None:
@@ -797,7 +981,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--head-dim", type=int, nargs="+", action="extend", help="Head dims (repeatable).")
     parser.add_argument("--batch", type=int, nargs="+", action="extend", help="Decode batch sizes (--paged).")
     parser.add_argument("--kv-len", type=int, nargs="+", action="extend", help="Decode cache lengths (--paged).")
-    parser.add_argument("--part", choices=["decode", "prefill", "both"], default="both", help="(--paged)")
+    parser.add_argument("--part", choices=list(PARTS), default="both", help="(--paged)")
+    parser.add_argument("--heads", action="append", help="Head shape like 28/4x128 (--paged; repeatable).")
+    parser.add_argument("--cell", action="append", help="Decode cell BATCHxKV_LEN, like 4x32768 (--paged; repeatable).")
+    parser.add_argument("--ragged", action="store_true", help="Decode lengths between kv_len/2 and kv_len (--paged).")
     parser.add_argument("--json", dest="json_path")
     parser.add_argument("--markdown")
     parser.add_argument("--plot")
@@ -813,9 +1000,10 @@ def main(argv: list[str] | None = None) -> None:
         if saved is not None:
             report = paged_report_from_dict(saved)
         else:
-            parts = ("decode", "prefill") if args.part == "both" else (args.part,)
             report = run_paged_benchmark(args.batch or DECODE_BATCHES, args.kv_len or DECODE_KV_LENS,
-                                         DECODE_HEADS, args.seq_len or PREFILL_SEQ_LENS, parts)
+                                         [parse_heads(h) for h in args.heads] if args.heads else DECODE_HEADS,
+                                         args.seq_len or PREFILL_SEQ_LENS, PARTS[args.part], ragged=args.ragged,
+                                         pairs=[parse_cell(c) for c in args.cell] if args.cell else None)
         text, draw = paged_markdown(report, command.strip()), paged_plot
     else:
         report = report_from_dict(saved) if saved is not None else run_benchmark(

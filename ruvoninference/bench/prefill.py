@@ -56,9 +56,11 @@ class ScalingRow:
     tokens_per_s: float | None
     peak_memory_bytes: int | None  # above the memory in use before the pass
     status: str  # "ok" or "OOM"
-    # Which attention operators ran (e.g. aten::_scaled_dot_product_flash_attention names SDPA's flash backend);
+    # Which attention operators ran (e.g. aten::_scaled_dot_product_flash_attention names SDPA's flash backend)
+    # and, on a GPU, which kernels they launched ({"name", "launches", "cuda_us"}, from the profiler);
     # recorded once per implementation, on its first length, so "sdpa" says which kernel it dispatched to.
     attention_ops: list[str] | None = None
+    attention_kernels: list[dict] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -106,24 +108,70 @@ def measure_prefill(loaded: LoadedModel, input_ids: list[int], repeats: int = 3,
     return statistics.median(times), peak
 
 
-ATTENTION_OP_MARKERS = ("scaled_dot_product", "attention", "flash", "fmha", "cudnn_attn")
+# Operators that do attention: the fused ones by name, and the pieces of the unfused one (4-D matmuls run as
+# batched `bmm`, linear layers as `mm`/`addmm`, so `bmm` and `softmax` are attention's own).
+ATTENTION_OP_MARKERS = ("scaled_dot_product", "attention", "flash", "fmha", "cudnn_attn", "softmax", "aten::bmm",
+                        "aten::baddbmm")
+
+
+def _kernel_name(name: str) -> str:
+    """A CUDA kernel's name without its return type, template arguments and parameter list."""
+    name = name.removeprefix("void ").split("(")[0]
+    return name.split("<")[0].strip()
+
+
+def _is_attention_op(event) -> bool:
+    while event is not None:
+        if any(m in event.name.lower() for m in ATTENTION_OP_MARKERS):
+            return True
+        event = event.cpu_parent
+    return False
 
 
 @torch.inference_mode()
-def attention_ops(loaded: LoadedModel, input_ids: list[int]) -> list[str]:
-    """The attention operators one prefill pass calls, read from the profiler's operator names (one more pass).
+def attention_ops(loaded: LoadedModel, input_ids: list[int]) -> tuple[list[str], list[dict] | None]:
+    """What one prefill pass ran for attention, read from PyTorch's profiler (one more, untimed pass).
 
-    SDPA chooses its kernel at run time from the dtype, shapes, mask and GPU; the operator name says which
-    one it chose (`_scaled_dot_product_flash_attention`, `_cudnn_attention`, `_efficient_attention`, `_math`).
+    Returns (operators, kernels). Operators: the attention operators the model called, by their aten names
+    (SDPA chooses its kernel at run time from the dtype, shapes, mask and GPU, and the operator says which:
+    `_scaled_dot_product_flash_attention`, `_cudnn_attention`, `_efficient_attention`, `_math`; unfused
+    attention shows as `bmm` and `softmax`). Kernels (CUDA only, else None): every GPU kernel an attention
+    operator launched, plus our own Triton kernels (which no aten operator launches), each as
+    {"name", "launches", "cuda_us"} from the profiler's kernel records, not from the backend's name.
     """
     from torch.profiler import ProfilerActivity, profile
 
-    ids = torch.tensor([input_ids], device=loaded.device)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        loaded.model(input_ids=ids, use_cache=True, logits_to_keep=1)
-    names = {e.key for e in prof.key_averages()}
-    return sorted(n for n in names if any(m in n.lower() for m in ATTENTION_OP_MARKERS))
+    from ruvoninference.kernels import KERNEL_NAMES
 
+    ids = torch.tensor([input_ids], device=loaded.device)
+    cuda = loaded.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        loaded.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        if cuda:
+            torch.cuda.synchronize(loaded.device)
+    events = prof.events()
+    ops = sorted({e.name for e in events if e.device_type.name == "CPU"
+                  and any(m in e.name.lower() for m in ATTENTION_OP_MARKERS)})
+    if not cuda:
+        return ops, None
+    found: dict[str, dict] = {}
+
+    def add(name: str, us: float) -> None:
+        entry = found.setdefault(_kernel_name(name), {"name": _kernel_name(name), "launches": 0, "cuda_us": 0.0})
+        entry["launches"] += 1
+        entry["cuda_us"] += us
+
+    for e in events:
+        if e.device_type.name == "CPU" and e.kernels and _is_attention_op(e):
+            for k in e.kernels:
+                add(k.name, k.duration)
+        elif e.device_type.name == "CUDA" and _kernel_name(e.name) in KERNEL_NAMES:
+            add(e.name, e.time_range.end - e.time_range.start)
+    kernels = sorted(found.values(), key=lambda k: -k["cuda_us"])
+    for k in kernels:
+        k["cuda_us"] = round(k["cuda_us"], 1)
+    return ops, kernels
 
 
 class AttentionBenchmark:
@@ -163,8 +211,8 @@ class AttentionBenchmark:
             ids = tokens_of_length(loaded.tokenizer, prompt, n)
             try:
                 seconds, peak = measure_prefill(loaded, ids, repeats=self.repeats)
-                ops = attention_ops(loaded, ids) if i == 0 else None
-                rows.append(ScalingRow(str(loaded.implementation), n, seconds, n / seconds, peak, "ok", ops))
+                ops, kernels = attention_ops(loaded, ids) if i == 0 else (None, None)
+                rows.append(ScalingRow(str(loaded.implementation), n, seconds, n / seconds, peak, "ok", ops, kernels))
             except (RuntimeError, torch.OutOfMemoryError) as exc:
                 if not is_out_of_memory(exc):
                     raise

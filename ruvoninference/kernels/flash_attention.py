@@ -290,6 +290,13 @@ def _can_use_tma(*tensors: torch.Tensor) -> bool:
     return True
 
 
+# The autotuner's choice per key, kept here so later calls launch the chosen tile directly: Triton's Autotuner
+# spends about 20 µs of host time per call before the launch (measured on an H200 host: 60 µs per call
+# through it, 40 µs straight to the kernel; docs/benchmarks/h200-kernel-sweep/explore-prefill-short.jsonl),
+# which at batch 1 and a few hundred tokens is longer than the kernel itself.
+_TUNED: dict[tuple, triton.Config] = {}
+
+
 def _bucket(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
@@ -345,6 +352,8 @@ def flash_attention_triton(
     def grid(meta):
         return (triton.cdiv(n_q, meta["BLOCK_M"]), batch * heads_q)
 
+    key = (_bucket(n_q), _bucket(n_kv), head_dim, bool(causal), mask is not None, use_tma, q.dtype, k.dtype)
+    config = config or _TUNED.get(key)
     if config is None:
         kernel, tile = _flash_attention_forward, {}
     else:
@@ -360,6 +369,8 @@ def flash_attention_triton(
         USE_TMA=use_tma,
         **tile,
     )
+    if not tile and getattr(_flash_attention_forward, "best_config", None) is not None:
+        _TUNED[key] = _flash_attention_forward.best_config  # what the autotuner chose for this key
     return out
 
 
