@@ -20,6 +20,7 @@ Nothing here imports torch or runs a model: the whole file takes about a second.
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 from dataclasses import dataclass
@@ -174,18 +175,19 @@ def entry_point(argv: list[str]) -> Entry | None:
     return None
 
 
-def typer_app(target: str) -> typer.Typer:
+@functools.cache
+def typer_command(target: str):
+    """The click command Typer builds for `cli.py` or `python -m ruvon_cli.report` (built once: it is slow)."""
     if target == "cli.py":
         from ruvon_cli.app import app
     else:
         from ruvon_cli.report import app
-    return app
+    return typer.main.get_command(app)
 
 
-def parse_typer(app: typer.Typer, prog: str, args: list[str]) -> str | None:
+def parse_typer(cmd, prog: str, args: list[str]) -> str | None:
     """Parse `args` the way the real command line would, without running anything: None if accepted, else
     click's own message (unknown option, missing value, bad type, no such command)."""
-    cmd = typer.main.get_command(app)
     try:
         ctx = cmd.make_context(prog, list(args))
         while hasattr(cmd, "resolve_command"):  # a group: parse its own options, then the subcommand's
@@ -225,7 +227,7 @@ def check_command(argv: list[str]) -> str | None:
     if entry is None:
         return None
     if entry.kind == "typer":
-        problem = parse_typer(typer_app(entry.target), entry.target, entry.args)
+        problem = parse_typer(typer_command(entry.target), entry.target, entry.args)
         return None if problem is None else f"{entry.target} refuses it: {problem}"
     if entry.kind == "pytest":  # its targets are paths under tests/, checked with every other path
         return None
