@@ -15,7 +15,7 @@ code spans and its links we take:
 
 A command that belongs to another commit is written after `git checkout <commit> &&` in the same code span
 (it is skipped), and a file that no longer exists is named as `git show <commit>:path` (also skipped).
-Nothing here imports torch or runs a model: the whole file takes about a second.
+Nothing here imports torch or runs a model: the whole file takes a few seconds.
 """
 
 from __future__ import annotations
