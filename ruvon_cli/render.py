@@ -51,21 +51,18 @@ def environment_line(env: dict) -> str:
 
 
 def write_json(path: str | None, data: dict) -> None:
-    if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(data, indent=2) + "\n")
-        err_console.print(f"[dim]Wrote {path}[/dim]")
+    write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def write_text(path: str | None, text: str) -> None:
+    """Write a result; the CLI checked the path (an existing folder, writable) before the run."""
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(text)
+        Path(path).expanduser().write_text(text)
         err_console.print(f"[dim]Wrote {path}[/dim]")
 
 
-def stats_table(stats: dict, title: str = "Generation stats") -> Table:
-    table = Table(title=title, show_header=False)
+def stats_table(stats: dict, title: str = "Generation stats", caption: str | None = None) -> Table:
+    table = Table(title=title, show_header=False, caption=caption)
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_row("prompt tokens", str(stats["prompt_tokens"]))
@@ -75,7 +72,12 @@ def stats_table(stats: dict, title: str = "Generation stats") -> Table:
     table.add_row("decode", f"{stats['decode_tokens_per_s']:,.1f} tokens/s")
     table.add_row("total time", f"{stats['total_time_s']:,.3f} s")
     kind = "peak CUDA memory" if stats["peak_memory_kind"] == "cuda_allocated" else "peak process memory (RSS)"
-    table.add_row(kind, mib(stats["peak_memory_bytes"]))
+    if "kv_pool_bytes" in stats:
+        table.add_row("KV-cache pool (reserved)", f"{mib(stats['kv_pool_bytes'])}, {stats['kv_pool_tokens']:,} tok")
+        table.add_row("KV cache this run filled", f"{mib(stats['kv_used_bytes'])}, {stats['kv_used_tokens']:,} tok")
+        table.add_row(f"{kind}, pool included", mib(stats["peak_memory_bytes"]))
+    else:
+        table.add_row(kind, mib(stats["peak_memory_bytes"]))
     return table
 
 

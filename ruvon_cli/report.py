@@ -1,6 +1,6 @@
 """The articles' pictures and worked example, made from committed results by a command.
 
-    python -m ruvon_cli.report all                  # every picture in articles/img/ from docs/benchmarks/
+    python -m ruvon_cli.report all [--from CLONE]   # every picture in articles/img/ from docs/benchmarks/
     python -m ruvon_cli.report memory FLASH.json [--kernel KERNEL.json] --out memory.png
     python -m ruvon_cli.report kernel KERNEL.json --out kernel.png
     python -m ruvon_cli.report tiles --out tiles.png
@@ -13,7 +13,6 @@ Byte counts on the tile diagram are arithmetic on the shapes, labelled as such.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +20,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from ruvon_cli.common import friendly, load_saved
+
 ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "docs" / "benchmarks"
-IMG = ROOT / "articles" / "img"
 FUSED_STYLE = {"sdpa": "tab:green", "flash_attention_2": "tab:orange", "triton": "tab:blue",
                "sdpa_flash": "tab:olive", "sdpa_cudnn": "tab:green", "sdpa_efficient": "tab:gray",
                "flash_attn": "tab:orange"}
@@ -365,21 +364,24 @@ def _save(fig, out: Path) -> Path:
     return out
 
 
-def _load(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
+def _load(path: Path, command: str, option: str = "") -> dict:
+    return load_saved(path, dict, command, option)[1]
 
 
 @app.command("memory")
+@friendly
 def memory_cmd(flash_json: Path, out: Annotated[Path, typer.Option("--out")],
                kernel_json: Annotated[Optional[Path], typer.Option("--kernel")] = None) -> None:
     """Peak memory against context, eager vs fused, log scale, OOM marked."""
-    print(memory_figure(_load(flash_json), _load(kernel_json) if kernel_json else None, out))
+    kernel = _load(kernel_json, "kernel benchmark", "--kernel") if kernel_json else None
+    print(memory_figure(_load(flash_json, "flash"), kernel, out))
 
 
 @app.command("kernel")
+@friendly
 def kernel_cmd(kernel_json: Path, out: Annotated[Path, typer.Option("--out")]) -> None:
     """TFLOP/s against n per (head_dim, causal), legend outside the panels."""
-    print(kernel_figure(_load(kernel_json), out))
+    print(kernel_figure(_load(kernel_json, "kernel benchmark"), out))
 
 
 @app.command("tiles")
@@ -396,11 +398,24 @@ def online_softmax_cmd() -> None:
 
 
 @app.command("all")
-def all_cmd(out_dir: Annotated[Path, typer.Option("--out-dir")] = IMG) -> None:
-    """Every article picture from the committed results in docs/benchmarks/."""
-    kernel = _load(BENCH / "h200-kernel" / "kernel.json")
-    print(memory_figure(_load(BENCH / "h200-engine" / "flash.json"), kernel, out_dir / "memory-vs-context-h200.png"))
-    print(memory_figure(_load(BENCH / "cpu" / "flash.json"), None, out_dir / "memory-vs-context-cpu.png"))
+@friendly
+def all_cmd(
+    clone: Annotated[Path, typer.Option("--from", help="A clone of the repository (default: the one this runs "
+                                                       "from).")] = ROOT,
+    out_dir: Annotated[Optional[Path], typer.Option("--out-dir", help="Default: articles/img of that clone.")] = None,
+) -> None:
+    """Every article picture from the committed results in docs/benchmarks/ of a clone."""
+    from ruvoninference.errors import RuvonError
+
+    bench = clone / "docs" / "benchmarks"
+    if not bench.is_dir():
+        raise RuvonError(f"`report all` reads the committed results in docs/benchmarks/ of a clone of the "
+                         f"repository, and {clone} has none; run it in a clone or pass --from CLONE.")
+    out_dir = out_dir or clone / "articles" / "img"
+    kernel = _load(bench / "h200-kernel" / "kernel.json", "kernel benchmark")
+    print(memory_figure(_load(bench / "h200-engine" / "flash.json", "flash"), kernel,
+                        out_dir / "memory-vs-context-h200.png"))
+    print(memory_figure(_load(bench / "cpu" / "flash.json", "flash"), None, out_dir / "memory-vs-context-cpu.png"))
     print(kernel_figure(kernel, out_dir / "kernel-tflops-h200.png"))
     print(tiles_figure(out_dir / "causal-tiles.png"))
 

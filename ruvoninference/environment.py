@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 
 import torch
@@ -31,6 +32,20 @@ def device_name(device: torch.device | str) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU: {cpu_name()} ({torch.get_num_threads()} threads)"
+
+
+def free_memory(device: torch.device | str) -> tuple[int, int]:
+    """(free, total) bytes: the GPU's from the driver; on the CPU the kernel's MemAvailable and MemTotal."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024, total
+    except (OSError, KeyError, ValueError):
+        return total, total  # no /proc (macOS): the total is the best bound we know
 
 
 def describe(device: torch.device | str) -> dict:

@@ -67,6 +67,14 @@ def generation_stats(outputs, start: float, end: float, peak: int, kind: str) ->
     )
 
 
+def kv_cache_use(pool_bytes: int, pool_tokens: int, bytes_per_token: int, outputs) -> dict:
+    """What the KV-cache pool reserves (allocated up front, counted in the peak memory) beside what this run's
+    tokens fill of it (prompt plus generated, summed over the sequences)."""
+    tokens = sum(len(o.prompt_token_ids) + len(o.token_ids) for o in outputs)
+    return {"kv_pool_bytes": pool_bytes, "kv_pool_tokens": pool_tokens,
+            "kv_used_tokens": tokens, "kv_used_bytes": tokens * bytes_per_token}
+
+
 def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -92,7 +100,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def _native_stderr_silenced():
+def native_stderr_silenced():
     """The profiler's C++ side logs start/stop lines straight to file descriptor 2; hide them."""
     sys.stderr.flush()
     saved = os.dup(2)
@@ -116,7 +124,7 @@ def cpu_peak_allocated(fn: Callable[[], object]) -> int:
     """
     from torch.profiler import ProfilerActivity, profile
 
-    with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     live = peak = 0
     for event in sorted(prof.events(), key=lambda e: e.time_range.start):

