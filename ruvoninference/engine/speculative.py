@@ -242,3 +242,352 @@ class SpecStats:
         return {"num_drafts": self.num_drafts, "num_draft_tokens": self.num_draft_tokens,
                 "num_accepted_tokens": self.num_accepted_tokens, "num_emitted_tokens": self.num_emitted_tokens,
                 "acceptance_rate": self.acceptance_rate, "mean_tokens_per_step": self.mean_tokens_per_step}
+
+
+# -- the draft-model proposer ---------------------------------------------------------------------------
+
+
+class DraftProposer:
+    """A second model that guesses: k cheap decode steps over its own paged KV cache.
+
+    The draft keeps a shadow of every speculating sequence (its tokens, its own block table). Each step the
+    shadow is brought level with the target's tokens: the draft's cache stays valid up to the first token
+    where the shadow and the sequence differ (its rejected guesses are simply recomputed over), so a step
+    costs one varlen pass over the tokens the draft has not seen (usually the target's correction) and
+    k - 1 one-token decode passes. When the draft's cache is full the shadows of sequences that are not
+    speculating this step are dropped; if that is not enough the sequence gets no guesses this step.
+    """
+
+    def __init__(self, bundle, implementation, kv_cache_memory: int, block_size: int, max_batch_size: int,
+                 max_model_len: int, use_cuda_graphs: bool):
+        from ruvoninference.engine.block_manager import BlockManager
+        from ruvoninference.engine.kv_cache import allocate_kv_cache, bytes_per_block
+        from ruvoninference.engine.model_runner import ModelRunner
+
+        self.bundle = bundle
+        num_blocks = max(1, int(kv_cache_memory // bytes_per_block(bundle.config, block_size, bundle.dtype)))
+        cache = allocate_kv_cache(bundle.config, num_blocks, block_size, bundle.device, bundle.dtype)
+        self.block_manager = BlockManager(num_blocks, block_size, enable_prefix_caching=False)
+        self.runner = ModelRunner(bundle, implementation, cache, max_batch_size, max_model_len, use_cuda_graphs)
+        if use_cuda_graphs and getattr(implementation, "value", implementation) == "flash_attention_2":
+            self.runner.capture_all()
+        self._shadows: dict[str, object] = {}
+
+    def _shadow(self, seq):
+        from ruvoninference.engine.sequence import Sequence, SequenceStatus
+
+        shadow = self._shadows.get(seq.request_id)
+        if shadow is None:
+            shadow = Sequence(seq.request_id, list(seq.prompt_token_ids), seq.sampling, frozenset())
+            shadow.status = SequenceStatus.RUNNING
+            self._shadows[seq.request_id] = shadow
+        # Level with the target: the cache is valid up to the first token where they differ.
+        common = 0
+        limit = min(shadow.num_tokens, seq.num_tokens)
+        while common < limit and shadow.token_ids[common] == seq.token_ids[common]:
+            common += 1
+        shadow.token_ids = list(seq.token_ids)
+        shadow.num_computed_tokens = min(shadow.num_computed_tokens, common, seq.num_tokens - 1)
+        return shadow
+
+    def _reserve(self, shadow, num_tokens: int, keep: set[str]) -> bool:
+        """Blocks for num_tokens tokens, dropping shadows outside `keep` when the draft's cache is full."""
+        need = self.block_manager.blocks_for(num_tokens) - len(shadow.block_table)
+        for other in list(self._shadows):
+            if need <= self.block_manager.num_free_blocks:
+                break
+            if other not in keep:
+                self.forget(other)
+        if need > self.block_manager.num_free_blocks:
+            return False
+        self.block_manager.reserve(shadow, num_tokens)
+        return True
+
+    @torch.inference_mode()
+    def propose(self, seqs, ks: list[int], probs_fn) -> tuple[list[list[int]], list[torch.Tensor | None]]:
+        """Up to ks[i] guesses for each sequence, and the draft's distributions q [k_i, V] (None: greedy)."""
+        from ruvoninference.engine.scheduler import ScheduledBatch
+
+        keep = {s.request_id for s in seqs}
+        shadows, active = [], []
+        for seq, k in zip(seqs, ks):
+            shadow = self._shadow(seq)
+            if k > 0 and self._reserve(shadow, seq.num_tokens + k - 1, keep):
+                shadows.append(shadow), active.append(len(shadows) - 1)
+            else:
+                shadows.append(None)
+        guesses: list[list[int]] = [[] for _ in seqs]
+        dists: list[list[torch.Tensor]] = [[] for _ in seqs]
+        live = [i for i in range(len(seqs)) if shadows[i] is not None]
+        step = 0
+        while live:
+            batch_seqs = [shadows[i] for i in live]
+            if step == 0:  # the tokens the draft has not seen yet, as varlen chunks
+                batch = ScheduledBatch(batch_seqs, [s.num_uncomputed_tokens for s in batch_seqs], len(batch_seqs))
+            else:
+                batch = ScheduledBatch(batch_seqs, [1] * len(batch_seqs), 0)
+            logits, producing = self.runner.run(batch)
+            for s, n in zip(batch_seqs, batch.num_new_tokens):
+                s.num_computed_tokens += n
+            tokens, q = probs_fn([seqs[i] for i in live], logits, [shadows[i].num_tokens for i in live])
+            tokens = tokens.tolist()
+            for j, i in enumerate(live):
+                guesses[i].append(tokens[j])
+                shadows[i].token_ids.append(tokens[j])
+                if q is not None:
+                    dists[i].append(q[j])
+            step += 1
+            live = [i for i in live if len(guesses[i]) < ks[i]]
+        return guesses, [torch.stack(d) if d else None for d in dists]
+
+    def forget(self, request_id: str) -> None:
+        shadow = self._shadows.pop(request_id, None)
+        if shadow is not None:
+            self.block_manager.free(shadow)
+
+
+# -- the engine's side ----------------------------------------------------------------------------------
+
+
+class Speculator:
+    """What the engine calls around its step when speculation is on.
+
+        propose(running)           before scheduling: seq.spec_token_ids for the sequences that speculate
+        positions(seqs)            the token position each sampled row draws (1 + k rows per speculating seq)
+        accept(seqs, logits, ...)  after sampling: keep each sequence's accepted rows, drop the rest
+        settle(batch)              after the tokens are appended: the accepted guesses count as computed,
+                                   and blocks reserved for rejected ones go back to the block manager
+
+    Speculation is per sequence: a sequence speculates when it is decoding, its request has no penalties
+    (they would depend on the guesses before each row) and is past min_tokens, and the proposer found
+    something. It is off for the whole step when more than `max_batch` sequences run: a large batch already
+    keeps the device busy, and verifying guesses then costs more than it saves (see docs/benchmarks).
+    """
+
+    def __init__(self, method: str, num_tokens: int, block_manager, vocab_size: int, device: torch.device,
+                 ngram_max: int = DEFAULT_NGRAM_MAX, draft: DraftProposer | None = None,
+                 max_batch: int | None = None):
+        self.method, self.k = method, num_tokens
+        self.block_manager = block_manager
+        self.vocab_size, self.device = vocab_size, device
+        self.ngram = NgramProposer(ngram_max) if method == "ngram" else None
+        self.draft = draft
+        self.max_batch = max_batch
+        self.stats = SpecStats()
+        self._draft_probs: dict[str, torch.Tensor] = {}
+        self._seeds: dict[str, int] = {}
+        self._rng = torch.Generator().manual_seed(torch.seed())
+        self._accepted: dict[str, int] = {}
+
+    # -- before the step --------------------------------------------------------------------------------
+
+    def _budget(self, seq) -> int:
+        """How many guesses this sequence may take: none past max_tokens (the last row's token is free)."""
+        p = seq.sampling
+        if p.has_penalties or seq.num_output_tokens < p.min_tokens or seq.num_uncomputed_tokens != 1:
+            return 0
+        return max(0, min(self.k, p.max_tokens - seq.num_output_tokens - 1))
+
+    def propose(self, running) -> None:
+        from ruvoninference.engine.sequence import SequenceStatus
+
+        running = [s for s in running if s.status is SequenceStatus.RUNNING]
+        for seq in running:
+            seq.spec_token_ids = []
+        if self.max_batch is not None and len(running) > self.max_batch:
+            return
+        ks = [self._budget(s) for s in running]
+        cands = [(s, k) for s, k in zip(running, ks) if k > 0]
+        if not cands:
+            return
+        if self.ngram is not None:
+            guesses = [self.ngram.propose(s.request_id, s.token_ids, k) for s, k in cands]
+            dists = [None] * len(cands)
+        else:
+            guesses, dists = self.draft.propose([s for s, _ in cands], [k for _, k in cands], self._draft_probs_fn)
+        # Slots for the guesses, only from blocks nobody else needs this step (speculation never preempts):
+        # the free blocks beyond one per running sequence.
+        spare = self.block_manager.num_free_blocks - len(running)
+        for (seq, _), guess, q in zip(cands, guesses, dists):
+            need = self.block_manager.blocks_for(seq.num_tokens + len(guess)) - len(seq.block_table)
+            while guess and need > spare:
+                guess = guess[:-1]
+                need = self.block_manager.blocks_for(seq.num_tokens + len(guess)) - len(seq.block_table)
+            if not guess:
+                continue
+            self.block_manager.reserve(seq, seq.num_tokens + len(guess))
+            spare -= max(0, need)
+            seq.spec_token_ids = guess
+            if q is not None:
+                self._draft_probs[seq.request_id] = q[:len(guess)]
+
+    def _seed(self, seq) -> int:
+        """The request's seed, or one drawn for it once (draft rejection sampling needs keys for every row)."""
+        if seq.sampling.seed is not None:
+            s = seq.sampling.seed
+            return s - (1 << 64) if s >= 1 << 63 else s
+        if seq.request_id not in self._seeds:
+            self._seeds[seq.request_id] = int(torch.randint(-(1 << 62), 1 << 62, (1,), generator=self._rng))
+        return self._seeds[seq.request_id]
+
+    def _draft_probs_fn(self, seqs, logits: torch.Tensor, positions: list[int]):
+        """The draft's guesses (argmax when greedy, a draw from q otherwise) and q itself when sampling."""
+        from ruvoninference.engine.sampler import SamplingTensors
+
+        if all(s.sampling.greedy for s in seqs):
+            return logits.argmax(-1), None
+        q = self._probs(seqs, logits, positions)
+        keys = stream_keys(self._seed_tensor(seqs), torch.tensor(positions, device=logits.device), STREAM_DRAFT)
+        return race(q, keys), q
+
+    def _seed_tensor(self, seqs) -> torch.Tensor:
+        return torch.tensor([self._seed(s) for s in seqs], dtype=torch.int64, device=self.device)
+
+    def _probs(self, seqs, logits: torch.Tensor, positions: list[int]) -> torch.Tensor:
+        """The distribution a row samples from: logit bias, temperature, top-k, top-p (greedy: one-hot)."""
+        from ruvoninference.engine.sampler import SamplingTensors, apply_logit_bias, apply_top_k_top_p
+
+        t = SamplingTensors.from_sequences(seqs, logits.device, logits.shape[1], positions)
+        scaled = apply_logit_bias(logits.float(), t) / t.temperature[:, None]
+        if t.top_k is not None:
+            scaled = apply_top_k_top_p(scaled, t.top_k, t.top_p)
+        probs = scaled.softmax(-1)
+        onehot = torch.nn.functional.one_hot(scaled.argmax(-1), logits.shape[1]).to(probs.dtype)
+        return torch.where(t.greedy[:, None], onehot, probs)
+
+    # -- after the forward pass -------------------------------------------------------------------------
+
+    def positions(self, seqs) -> list[int]:
+        """Row r draws the token at this position: a speculating sequence's rows are consecutive."""
+        out, prev, j = [], None, 0
+        for seq in seqs:
+            j = j + 1 if seq is prev else 0
+            out.append(seq.num_tokens + j)
+            prev = seq
+        return out
+
+    def accept(self, seqs, logits: torch.Tensor, tensors, sampled):
+        """Keep, for each speculating sequence, the rows of its accepted guesses and the one after them.
+
+        seqs [N] lists a speculating sequence once per row (1 + k consecutive rows); `sampled` holds the
+        target's draw for every row. Deterministic guesses (n-gram, and every greedy row) are kept while they
+        equal the target's draw; a draft's sampled guesses go through `rejection_sample`.
+        """
+        from ruvoninference.engine.sampler import SamplerOutput, _with_logprobs
+
+        if not any(s.spec_token_ids for s in seqs):
+            return seqs, sampled
+        decided: dict[str, int] = {}
+        if self.draft is not None and any(s.spec_token_ids and not s.sampling.greedy for s in seqs):
+            tokens, decided = self._rejection_sample(seqs, logits, sampled.tokens)
+            sampled = _with_logprobs(logits.float(), tokens, tensors)  # the logprobs of the tokens kept
+        host = sampled.tokens.tolist()
+        keep, r = [], 0
+        while r < len(seqs):
+            seq = seqs[r]
+            guess = seq.spec_token_ids
+            if not guess:
+                keep.append(r)
+                r += 1
+                continue
+            a = decided.get(seq.request_id)
+            if a is None:
+                a = 0
+                while a < len(guess) and host[r + a] == guess[a]:
+                    a += 1
+            keep += range(r, r + a + 1)
+            self._accepted[seq.request_id] = a
+            self.stats.num_drafts += 1
+            self.stats.num_draft_tokens += len(guess)
+            self.stats.num_accepted_tokens += a
+            self.stats.num_emitted_tokens += a + 1
+            r += len(guess) + 1
+        rows = torch.tensor(keep, device=sampled.tokens.device)
+        return [seqs[i] for i in keep], SamplerOutput(*_select(sampled, rows, keep))
+
+    def _rejection_sample(self, seqs, logits: torch.Tensor, drawn: torch.Tensor):
+        """Sampled draft guesses: min(1, p/q) acceptance and residual draws, sequence by sequence.
+
+        Returns the rows' tokens and, per sequence decided here, how many guesses it kept.
+        """
+        positions = self.positions(seqs)
+        p = self._probs(seqs, logits, positions)  # [N, V]
+        tokens, decided, r = drawn.clone(), {}, 0
+        dev = logits.device
+        while r < len(seqs):
+            seq = seqs[r]
+            k = len(seq.spec_token_ids)
+            if k and not seq.sampling.greedy:
+                q = self._draft_probs.pop(seq.request_id)
+                seeds = self._seed_tensor([seq]).expand(k + 1)
+                pos = torch.tensor(positions[r:r + k + 1], device=dev)
+                out, n = rejection_sample(
+                    p[r:r + k + 1][None], torch.tensor([seq.spec_token_ids], device=dev), q[None],
+                    torch.tensor([k], device=dev), uniforms(stream_keys(seeds[:k], pos[:k], STREAM_ACCEPT), 1).T,
+                    stream_keys(seeds, pos)[None])
+                tokens[r:r + k + 1] = out[0]
+                decided[seq.request_id] = int(n) - 1
+            r += k + 1
+        return tokens, decided
+
+    # -- after the tokens were appended -----------------------------------------------------------------
+
+    def settle(self, batch) -> None:
+        """Accepted guesses are computed tokens now; the blocks only rejected ones used go back."""
+        for seq in batch.seqs[:batch.num_prefill]:
+            if not seq.spec_token_ids:
+                continue
+            a = self._accepted.pop(seq.request_id, 0)
+            self._draft_probs.pop(seq.request_id, None)
+            seq.spec_token_ids = []
+            if seq.finished:
+                continue
+            seq.num_computed_tokens += a
+            self.block_manager.commit_full_blocks(seq)
+            self.block_manager.trim(seq)
+
+    def forget(self, request_id: str) -> None:
+        """A request left: drop what the proposers keep for it."""
+        if self.ngram is not None:
+            self.ngram.forget(request_id)
+        if self.draft is not None:
+            self.draft.forget(request_id)
+        self._draft_probs.pop(request_id, None)
+        self._seeds.pop(request_id, None)
+
+
+def _select(sampled, rows: torch.Tensor, keep: list[int]):
+    """The SamplerOutput fields for the kept rows (logprob rows renumbered)."""
+    if not sampled.logprob_rows:
+        return sampled.tokens[rows], None, None, None, []
+    index = {row: i for i, row in enumerate(sampled.logprob_rows)}
+    new_rows = [j for j, row in enumerate(keep) if row in index]
+    lp_index = torch.tensor([index[keep[j]] for j in new_rows], device=rows.device, dtype=torch.long)
+    top = (None, None) if sampled.top_ids is None else (sampled.top_ids[lp_index], sampled.top_logprobs[lp_index])
+    return sampled.tokens[rows], sampled.logprobs[lp_index], top[0], top[1], new_rows
+
+
+# Speculation turns itself off for the step when more sequences than this run: a batch this large already
+# keeps the device busy, and verifying k guesses per sequence multiplies the step's work. Measured with
+# `benchmark throughput --speculative ngram` (docs/benchmarks/cpu-spec, h200-spec): see there for the numbers.
+MAX_SPECULATIVE_BATCH = {"cpu": 4, "cuda": 32}
+
+
+def make_speculator(engine, method: str, num_tokens: int, draft_model, ngram_max: int, progress=None,
+                    max_batch: int | None = None) -> Speculator:
+    """The engine's Speculator: an n-gram proposer, or a draft model loaded on the engine's device."""
+    draft = None
+    if method == "draft":
+        from ruvoninference.models import ModelBundle, load_model
+
+        bundle = draft_model if isinstance(draft_model, ModelBundle) else load_model(
+            draft_model, engine.device, engine.dtype, progress)
+        check_draft_compatible(engine.bundle, bundle)
+        # As many tokens as the target's cache holds, at most a full batch of full contexts.
+        tokens = min(engine.block_manager.num_blocks * engine.block_size, engine.max_batch_size * engine.context_length)
+        draft = DraftProposer(bundle, engine.attn, tokens * bundle.config.kv_bytes_per_token(bundle.dtype),
+                              engine.block_size, engine.max_batch_size, engine.context_length, engine.use_cuda_graphs)
+    if max_batch is None:
+        max_batch = MAX_SPECULATIVE_BATCH.get(engine.device.type, MAX_SPECULATIVE_BATCH["cuda"])
+    return Speculator(method, num_tokens, engine.block_manager, engine.bundle.config.vocab_size, engine.device,
+                      ngram_max, draft, max_batch)
