@@ -6,7 +6,8 @@ flattened, q `[T, Hq, D]` and k, v `[T, Hkv, D]`. Every backend does the same tw
 1. store the new keys and values into the cache, at `slot_mapping[t]` for token t;
 2. attend each new query to its sequence's cached keys and values (the new ones included), causally.
 
-The step's `AttentionMetadata` says where each sequence's tokens are. Two shapes of step:
+The step's `AttentionMetadata` says where each sequence's tokens are. A step holds up to two parts, prefill
+rows first, then decode rows (a *mixed* step has both); each part goes to the kernel made for it:
 
 - prefill: each sequence brings `query_len` new tokens (a prompt, or a chunk of it) after `context_len -
   query_len` cached ones (a prefix-cache hit or earlier chunks). Causality is bottom-right: new token i of a
@@ -46,23 +47,41 @@ def default_block_size(implementation: AttentionImplementation) -> int:
 
 
 @dataclass
-class AttentionMetadata:
-    is_prefill: bool
-    slot_mapping: torch.Tensor  # [T] int64: where each new token's k, v go
-    block_tables: torch.Tensor  # [B, max_blocks] int32
-    seq_lens: torch.Tensor  # [B] int32: tokens in the cache after this step (the context length)
+class PrefillMetadata:
+    """The step's first sequences: each brings `query_len` tokens after `context_len - query_len` cached."""
+
+    cu_seqlens_q: torch.Tensor  # [P + 1] int32: offsets of each sequence's new tokens
+    cu_seqlens_k: torch.Tensor  # [P + 1] int32: offsets of each sequence's whole context
+    max_seqlen_q: int
     max_seqlen_k: int
-    # prefill only
-    cu_seqlens_q: torch.Tensor | None = None  # [B + 1] int32: offsets of each sequence's new tokens
-    cu_seqlens_k: torch.Tensor | None = None  # [B + 1] int32
-    max_seqlen_q: int = 1
-    query_lens: list[int] | None = None  # host copies, for the reference paths
-    context_lens: list[int] | None = None
+    block_tables: torch.Tensor  # [P, W] int32
+    seq_lens: torch.Tensor  # [P] int32: tokens in the cache after this step (the context length)
+    query_lens: list[int]  # host copies, for the reference paths
+    context_lens: list[int]
 
     @property
     def has_prefix(self) -> bool:
         """Whether some sequence attends to keys computed in an earlier step (cached prefix, earlier chunk)."""
-        return self.query_lens is not None and self.query_lens != self.context_lens
+        return self.query_lens != self.context_lens
+
+
+@dataclass
+class DecodeMetadata:
+    """The step's last sequences: one new token each, attending to its whole cache."""
+
+    block_tables: torch.Tensor  # [D, W] int32
+    seq_lens: torch.Tensor  # [D] int32: tokens in the cache including the new one (0 = padding row)
+    max_seqlen_k: int
+
+
+@dataclass
+class AttentionMetadata:
+    """Where the step's T new tokens go and what they attend to: prefill rows first, then decode rows."""
+
+    slot_mapping: torch.Tensor  # [T] int64: where each new token's k, v go
+    num_prefill_tokens: int  # the first rows are prefill tokens, the rest one token per decode
+    prefill: PrefillMetadata | None = None
+    decode: DecodeMetadata | None = None
 
 
 def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -93,7 +112,7 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tenso
     return scores.softmax(-1, dtype=torch.float32).to(q.dtype) @ v
 
 
-def _reference_prefill(q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale: float, use_sdpa: bool):
+def _reference_prefill(q, k, v, k_cache, v_cache, meta: PrefillMetadata, scale: float, use_sdpa: bool):
     """Sequence by sequence: gather its keys (or take this step's when nothing is cached), attend causally."""
     out = torch.empty_like(q)
     group = q.shape[1] // k.shape[1]
@@ -119,7 +138,7 @@ def _reference_prefill(q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale
     return out
 
 
-def _reference_decode(q, k_cache, v_cache, meta: AttentionMetadata, scale: float, use_sdpa: bool):
+def _reference_decode(q, k_cache, v_cache, meta: DecodeMetadata, scale: float, use_sdpa: bool):
     """All sequences at once: gather [B, M * bs] keys, mask what lies beyond each sequence's length."""
     batch, q_heads, dim = q.shape
     kv_heads = k_cache.shape[2]
@@ -153,23 +172,37 @@ class PagedAttention:
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         meta, k_cache, v_cache = self.meta, self.k_caches[layer], self.v_caches[layer]
         store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+        if meta.prefill is None:
+            return self._decode(q, k_cache, v_cache, meta.decode)
+        p = meta.num_prefill_tokens
+        if meta.decode is None:
+            return self._prefill(q, k, v, k_cache, v_cache, meta.prefill)
+        # A mixed step: each part goes to the kernel made for it.
+        out = torch.empty_like(q)
+        out[:p] = self._prefill(q[:p], k[:p], v[:p], k_cache, v_cache, meta.prefill)
+        out[p:] = self._decode(q[p:], k_cache, v_cache, meta.decode)
+        return out
+
+    def _prefill(self, q, k, v, k_cache, v_cache, meta: PrefillMetadata) -> torch.Tensor:
         impl = self.implementation
         if impl in (AttentionImplementation.EAGER, AttentionImplementation.SDPA):
-            use_sdpa = impl is AttentionImplementation.SDPA
-            if meta.is_prefill:
-                return _reference_prefill(q, k, v, k_cache, v_cache, meta, self.scale, use_sdpa)
-            return _reference_decode(q, k_cache, v_cache, meta, self.scale, use_sdpa)
+            return _reference_prefill(q, k, v, k_cache, v_cache, meta, self.scale,
+                                      impl is AttentionImplementation.SDPA)
         if impl is AttentionImplementation.FLASH_ATTENTION_2:
-            if not meta.is_prefill:
-                return self._fa_kvcache(q[:, None], k_cache, v_cache, cache_seqlens=meta.seq_lens,
-                                        block_table=meta.block_tables, softmax_scale=self.scale, causal=True)[:, 0]
             if not meta.has_prefix:
                 return self._fa_varlen(q, k, v, meta.cu_seqlens_q, meta.cu_seqlens_q, meta.max_seqlen_q,
                                        meta.max_seqlen_q, softmax_scale=self.scale, causal=True)
             return self._fa_varlen(q, k_cache, v_cache, meta.cu_seqlens_q, meta.cu_seqlens_k, meta.max_seqlen_q,
                                    meta.max_seqlen_k, softmax_scale=self.scale, causal=True,
                                    block_table=meta.block_tables)
-        if not meta.is_prefill:
-            return self._triton_decode(q, k_cache, v_cache, meta.block_tables, meta.seq_lens, sm_scale=self.scale)
         return self._triton_prefill(q, k_cache, v_cache, meta.cu_seqlens_q, meta.seq_lens, meta.block_tables,
                                     causal=True, sm_scale=self.scale)
+
+    def _decode(self, q, k_cache, v_cache, meta: DecodeMetadata) -> torch.Tensor:
+        impl = self.implementation
+        if impl in (AttentionImplementation.EAGER, AttentionImplementation.SDPA):
+            return _reference_decode(q, k_cache, v_cache, meta, self.scale, impl is AttentionImplementation.SDPA)
+        if impl is AttentionImplementation.FLASH_ATTENTION_2:
+            return self._fa_kvcache(q[:, None], k_cache, v_cache, cache_seqlens=meta.seq_lens,
+                                    block_table=meta.block_tables, softmax_scale=self.scale, causal=True)[:, 0]
+        return self._triton_decode(q, k_cache, v_cache, meta.block_tables, meta.seq_lens, sm_scale=self.scale)

@@ -4,10 +4,11 @@
     step() -> [StepOutput]                           schedule -> run the model -> sample -> postprocess
     abort(request_id)                                its blocks are freed at once
 
-`step()` is the whole architecture in a few lines: the scheduler picks a prefill or a decode batch, the
-model runner turns it into tensors and logits, the sampler picks tokens (one host sync: reading them), and
-each sequence appends its token, checks its stop rules and, when finished, leaves the batch and gives its
-blocks back. `generate()` is the offline loop on top: add every prompt, step until all are done.
+`step()` is the whole architecture in a few lines: the scheduler picks the step's sequences (prefill chunks
+and decodes, mixed), the model runner turns them into tensors and logits, the sampler draws a token for
+every row at once, and each sequence appends its token, checks its stop rules and, when finished, leaves
+the batch and gives its blocks back. One host sync per step: reading the drawn tokens. `generate()` is the
+offline loop on top: add every prompt, step until all are done.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ruvoninference.attention import AttentionImplementation, check_implementati
 from ruvoninference.attention.paged import FLASH_ATTENTION_BLOCK_SIZE, default_block_size
 from ruvoninference.config import resolve_device, resolve_dtype
 from ruvoninference.engine.block_manager import BlockManager
+from ruvoninference.engine.detokenizer import IncrementalDetokenizer
 from ruvoninference.engine.kv_cache import allocate_kv_cache, bytes_per_block
 from ruvoninference.engine.model_runner import ModelRunner
 from ruvoninference.engine.scheduler import ScheduledBatch, Scheduler
@@ -79,6 +81,7 @@ class Engine:
         max_model_len: int | None = None,
         enforce_eager: bool = False,
         enable_prefix_caching: bool = True,
+        mixed_batches: bool = True,
         progress: ProgressCallback | None = None,
     ):
         self.attn = parse_implementation(attn)
@@ -103,7 +106,8 @@ class Engine:
         num_blocks = self._num_blocks(kv_cache_memory)
         self.kv_cache = allocate_kv_cache(self.bundle.config, num_blocks, self.block_size, self.device, self.dtype)
         self.block_manager = BlockManager(num_blocks, self.block_size, enable_prefix_caching)
-        self.scheduler = Scheduler(self.block_manager, scheduler, max_batch_size, self.max_num_batched_tokens)
+        self.scheduler = Scheduler(self.block_manager, scheduler, max_batch_size, self.max_num_batched_tokens,
+                                   mixed_batches)
         self.runner = ModelRunner(self.bundle, self.attn, self.kv_cache, max_batch_size, self.context_length,
                                   self.use_cuda_graphs)
         if self.use_cuda_graphs and self.attn is AttentionImplementation.FLASH_ATTENTION_2:
@@ -150,7 +154,7 @@ class Engine:
         torch.cuda.synchronize(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
         before = torch.cuda.memory_allocated(self.device)
-        runner.run(ScheduledBatch(True, seqs, [seq_len] * n_seqs))
+        runner.run(ScheduledBatch(seqs, [seq_len] * n_seqs, n_seqs))
         torch.cuda.synchronize(self.device)
         activations = torch.cuda.max_memory_allocated(self.device) - before
         del runner, scratch
@@ -191,17 +195,22 @@ class Engine:
             )
 
     def add_request(self, prompt: str | SequenceType[int], sampling: SamplingParams = SamplingParams(),
-                    request_id: str | None = None) -> str:
+                    request_id: str | None = None, stream_text: bool = True) -> str:
+        """Queue a request. `stream_text=False`: `StepOutput.new_text` stays empty and the text is decoded
+        once at the end (cheaper, for callers that only read the final output)."""
         ids = self.encode(prompt)
         self.check_request(ids, sampling)
-        return self._add(ids, sampling, request_id)
+        return self._add(ids, sampling, request_id, stream_text)
 
-    def _add(self, ids: list[int], sampling: SamplingParams, request_id: str | None = None) -> str:
+    def _add(self, ids: list[int], sampling: SamplingParams, request_id: str | None = None,
+             stream_text: bool = True) -> str:
         request_id = request_id or new_request_id()
         if request_id in self._seqs:
             raise RuvonError(f"Request id '{request_id}' is already in use; give a new one.")
         eos = frozenset() if sampling.ignore_eos else self.bundle.eos_token_ids
         seq = Sequence(request_id, ids, sampling, eos)
+        if stream_text or sampling.stop:  # stop strings are found in the text as it grows
+            seq.detokenizer = IncrementalDetokenizer(self.tokenizer, sampling.stop)
         self._seqs[request_id] = seq
         self.scheduler.add(seq)
         return request_id
@@ -211,6 +220,7 @@ class Engine:
         if seq is not None:
             self.scheduler.finish(seq, "abort")
             seq.finish_time = time.perf_counter()
+            seq.finish_text(self.tokenizer)
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -233,17 +243,23 @@ class Engine:
         if batch is None:
             return []
         logits, producing = self.runner.run(batch)
-        self.num_steps += 1
-        for seq, n in zip(batch.seqs, batch.num_new_tokens):
-            seq.num_computed_tokens += n
-            self.block_manager.commit_full_blocks(seq)
-        if batch.is_prefill:
-            self.num_prefill_tokens += batch.num_tokens
+        self._advance(batch)
         if not producing:
             return []
         seqs = [batch.seqs[i] for i in producing]
         tensors = SamplingTensors.from_sequences(seqs, self.device, logits.shape[1], pin=self.device.type == "cuda")
-        sampled = sample(logits, tensors, self.generator)
+        return self._postprocess(seqs, sample(logits, tensors, self.generator))
+
+    def _advance(self, batch: ScheduledBatch) -> None:
+        """The step's tokens are in the cache now: count them, and offer full blocks to the prefix cache."""
+        self.num_steps += 1
+        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+            seq.num_computed_tokens += n
+            self.block_manager.commit_full_blocks(seq)
+        self.num_prefill_tokens += sum(batch.num_new_tokens[:batch.num_prefill])
+
+    def _postprocess(self, seqs: list[Sequence], sampled: SamplerOutput) -> list[StepOutput]:
+        """Append each drawn token, apply the stop rules, release finished sequences' blocks."""
         tokens, logprobs, top_ids, top_lps = _to_host(sampled)  # the one host sync of the step
         now = time.perf_counter()
         outputs = []
@@ -251,18 +267,21 @@ class Engine:
             lp = None
             if row in logprobs:
                 n = seq.sampling.logprobs
-                top = list(zip(top_ids[row][:n], top_lps[row][:n])) if n else []
-                lp = TokenLogprob(tokens[row], logprobs[row], top)
+                lp = TokenLogprob(tokens[row], logprobs[row], list(zip(top_ids[row][:n], top_lps[row][:n])))
             if seq.first_token_time is None:
                 seq.first_token_time = now
-            delta = seq.append_token(tokens[row], lp, self.tokenizer)
+            delta = seq.append_token(tokens[row], lp)
             if seq.finish_reason is not None:
-                self.scheduler.finish(seq, seq.finish_reason)
-                self._seqs.pop(seq.request_id, None)
-                seq.finish_time = now
+                self._finish(seq, now)
             outputs.append(StepOutput(seq.request_id, [tokens[row]], delta, seq.finished, seq.finish_reason,
                                       [lp] if lp is not None else []))
         return outputs
+
+    def _finish(self, seq: Sequence, now: float) -> None:
+        self.scheduler.finish(seq, seq.finish_reason)
+        self._seqs.pop(seq.request_id, None)
+        seq.finish_time = now
+        seq.finish_text(self.tokenizer)
 
     # -- offline ----------------------------------------------------------------------------------------
 
@@ -281,7 +300,8 @@ class Engine:
         encoded = [self.encode(p) for p in prompts]
         for ids, p in zip(encoded, params):  # every request is checked before any runs
             self.check_request(ids, p)
-        ids = [self._add(e, p) for e, p in zip(encoded, params)]  # encoded and checked above
+        # encoded and checked above; text is decoded incrementally only for a caller that reads it as it grows
+        ids = [self._add(e, p, stream_text=on_output is not None) for e, p in zip(encoded, params)]
         seqs = [self._seqs[i] for i in ids]
         while any(not s.finished for s in seqs):
             for out in self.step():

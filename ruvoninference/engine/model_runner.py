@@ -1,17 +1,27 @@
 """The model runner: turn a scheduled batch into tensors on the device, run the model, return logits.
 
-Prefill steps run eagerly: their shapes (how many tokens, how many sequences) change every step. Decode
-steps have one shape per batch size, so on CUDA each batch-size bucket (1, 2, 4, 8, 16, 32, ... up to the
-maximum batch) is captured once as a CUDA graph and replayed: the few hundred small kernel launches of a
-forward pass become one launch, which is most of a small model's decode time at small batches. The graph
-reads its inputs from static buffers that each step fills; a batch of 5 runs in the 8-bucket with 3
-padding rows that write into the cache's scratch block and whose outputs are dropped.
+Two halves, so that tensor-parallel workers can run the second without the first:
+
+    prepare(batch) -> StepInputs      host lists -> device tensors (rank 0 only: it owns the sequences)
+    execute(inputs) -> logits [N, V]  the forward pass (every rank)
+
+A step lists its prefill chunks first and its decodes after them (see `scheduler`); the attention sends
+each part to the kernel made for it. Logits are computed only for the rows that sample: a prefill chunk's
+last token when it completes its sequence's tokens, and every decode.
+
+Steps with a prefill run eagerly: their shapes (how many tokens, how many sequences) change every step.
+Decode-only steps have one shape per batch size, so on CUDA each batch-size bucket (1, 2, 4, 8, 16, 32, ...
+up to the maximum batch) is captured once as a CUDA graph and replayed: the few hundred small kernel
+launches of a forward pass become one launch, which is most of a small model's decode time at small
+batches. The graph reads its inputs from static buffers that each step fills with one host-to-device copy;
+a batch of 5 runs in the 8-bucket with 3 padding rows that write into the cache's scratch block and whose
+outputs are dropped.
 
 The gathering backends (eager, sdpa) read a block table as wide as the longest sequence, and our Triton
 decode kernel splits the keys by the table's width, so their graphs are keyed by a power-of-two width too;
 FlashAttention-2 reads only the blocks it needs, so one width (the model's maximum) serves every step.
 
-Shapes: T = new tokens in the step, B = sequences, M = block-table width, V = vocabulary.
+Shapes: T = new tokens in the step, B = sequences, W = block-table width, N = rows sampled, V = vocabulary.
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from ruvoninference.attention import AttentionImplementation
-from ruvoninference.attention.paged import AttentionMetadata, PagedAttention
+from ruvoninference.attention.paged import AttentionMetadata, DecodeMetadata, PagedAttention, PrefillMetadata
 from ruvoninference.engine.kv_cache import PagedKVCache
 from ruvoninference.engine.scheduler import ScheduledBatch
 from ruvoninference.models import ModelBundle
@@ -47,6 +57,19 @@ class _Graph:
     logits: torch.Tensor  # [bucket, V], written by every replay
 
 
+@dataclass
+class StepInputs:
+    """Everything a forward pass needs, on the device: what rank 0 sends to tensor-parallel workers."""
+
+    input_ids: torch.Tensor  # [T] int64
+    positions: torch.Tensor  # [T] int64
+    meta: AttentionMetadata
+    logits_rows: torch.Tensor | None  # [N] int64: rows whose logits are computed; None: every row
+    graph_key: tuple[int, int] | None  # (bucket, width) of the decode graph this step replays, if any
+    num_rows: int  # N
+    producing: list[int]  # host only: indices into batch.seqs of the sequences that sample, in row order
+
+
 class ModelRunner:
     def __init__(self, bundle: ModelBundle, implementation: AttentionImplementation, kv_cache: PagedKVCache,
                  max_batch_size: int, max_model_len: int, use_cuda_graphs: bool):
@@ -65,9 +88,9 @@ class ModelRunner:
         if use_cuda_graphs:
             largest = self.buckets[-1]
             dev = self.device
-            self._input_ids = torch.zeros(largest, dtype=torch.long, device=dev)
-            self._positions = torch.zeros(largest, dtype=torch.long, device=dev)
-            self._slots = torch.zeros(largest, dtype=torch.long, device=dev)
+            # input ids, positions, slots and sequence lengths arrive in one copy: rows of one int64 buffer
+            self._packed = torch.zeros(4, largest, dtype=torch.long, device=dev)
+            self._input_ids, self._positions, self._slots = self._packed[0], self._packed[1], self._packed[2]
             self._seq_lens = torch.ones(largest, dtype=torch.int32, device=dev)
             self._block_tables = torch.full((largest, self.max_blocks), kv_cache.scratch_block, dtype=torch.int32,
                                             device=dev)
@@ -87,12 +110,37 @@ class ModelRunner:
         pad = self.kv_cache.scratch_block
         return [seq.block_table[:width] + [pad] * (width - min(width, len(seq.block_table))) for seq in seqs]
 
-    # -- prefill --------------------------------------------------------------------------------------
+    # -- prepare: the step's tensors ------------------------------------------------------------------
 
-    def _prepare_prefill(self, batch: ScheduledBatch):
-        input_ids, positions, slots, cu_q, cu_k, query_lens, context_lens = [], [], [], [0], [0], [], []
-        sample_rows, producing = [], []  # the token rows whose logits are sampled, and their sequences
-        for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens)):
+    def prepare(self, batch: ScheduledBatch) -> StepInputs:
+        decodes = batch.seqs[batch.num_prefill:]
+        if batch.is_decode_only and self.use_cuda_graphs and len(decodes) <= self.buckets[-1]:
+            return self._prepare_graph_decode(decodes)
+        input_ids, positions, slots, rows, producing = [], [], [], [], []
+        prefill = None
+        if batch.num_prefill:
+            prefill = self._prefill_part(batch, input_ids, positions, slots, rows, producing)
+        decode = None
+        if decodes:
+            ids, pos, dslots, lens = self._decode_inputs(decodes)
+            rows += range(len(input_ids), len(input_ids) + len(decodes))
+            producing += range(batch.num_prefill, len(batch.seqs))
+            input_ids += ids
+            positions += pos
+            slots += dslots
+            width = max(len(seq.block_table) for seq in decodes)
+            decode = DecodeMetadata(self._tensor(self._block_table_rows(decodes, width), torch.int32),
+                                    self._tensor(lens, torch.int32), max(lens))
+        num_prefill_tokens = len(input_ids) - len(decodes)
+        meta = AttentionMetadata(self._tensor(slots, torch.long), num_prefill_tokens, prefill, decode)
+        all_rows = len(rows) == len(input_ids)
+        return StepInputs(self._tensor(input_ids, torch.long), self._tensor(positions, torch.long), meta,
+                          None if all_rows else self._tensor(rows, torch.long), None, len(rows), producing)
+
+    def _prefill_part(self, batch, input_ids, positions, slots, rows, producing) -> PrefillMetadata:
+        cu_q, cu_k, query_lens, context_lens = [0], [0], [], []
+        for i in range(batch.num_prefill):
+            seq, n = batch.seqs[i], batch.num_new_tokens[i]
             start, end = seq.num_computed_tokens, seq.num_computed_tokens + n
             input_ids += seq.token_ids[start:end]
             positions += range(start, end)
@@ -102,24 +150,30 @@ class ModelRunner:
             query_lens.append(n)
             context_lens.append(end)
             if end == seq.num_tokens:  # the chunk that completes the sequence's tokens produces the next one
-                sample_rows.append(cu_q[-1] - 1)
+                rows.append(cu_q[-1] - 1)
                 producing.append(i)
         width = -(-max(context_lens) // self.block_size)
-        meta = AttentionMetadata(
-            is_prefill=True,
-            slot_mapping=self._tensor(slots, torch.long),
-            block_tables=self._tensor(self._block_table_rows(batch.seqs, width), torch.int32),
-            seq_lens=self._tensor(context_lens, torch.int32),
-            max_seqlen_k=max(context_lens),
+        return PrefillMetadata(
             cu_seqlens_q=self._tensor(cu_q, torch.int32),
             cu_seqlens_k=self._tensor(cu_k, torch.int32),
             max_seqlen_q=max(query_lens),
+            max_seqlen_k=max(context_lens),
+            block_tables=self._tensor(self._block_table_rows(batch.seqs[:batch.num_prefill], width), torch.int32),
+            seq_lens=self._tensor(context_lens, torch.int32),
             query_lens=query_lens,
             context_lens=context_lens,
         )
-        return self._tensor(input_ids, torch.long), self._tensor(positions, torch.long), meta, sample_rows, producing
 
-    # -- decode ---------------------------------------------------------------------------------------
+    def _decode_inputs(self, seqs):
+        bs = self.block_size
+        ids, pos, slots, lens = [], [], [], []
+        for seq in seqs:
+            n = seq.num_tokens
+            ids.append(seq.token_ids[-1])
+            pos.append(n - 1)
+            slots.append(seq.block_table[(n - 1) // bs] * bs + (n - 1) % bs)
+            lens.append(n)
+        return ids, pos, slots, lens
 
     def _decode_width(self, seqs) -> int:
         """The block-table width a decode step runs with (a CUDA graph's key together with the batch bucket)."""
@@ -132,21 +186,30 @@ class ModelRunner:
             return min(self.max_blocks, _next_power_of_two(longest))
         return self.max_blocks
 
-    def _decode_inputs(self, seqs):
-        return ([seq.token_ids[-1] for seq in seqs], [seq.num_tokens - 1 for seq in seqs],
-                [self._slot(seq, seq.num_tokens - 1) for seq in seqs], [seq.num_tokens for seq in seqs])
-
-    def _run_decode_eager(self, seqs) -> torch.Tensor:
+    def _prepare_graph_decode(self, seqs) -> StepInputs:
+        n = len(seqs)
+        bucket = next(b for b in self.buckets if b >= n)
+        key = (bucket, self._decode_width(seqs))
         ids, pos, slots, lens = self._decode_inputs(seqs)
-        width = self._decode_width(seqs)
-        meta = AttentionMetadata(
-            is_prefill=False,
-            slot_mapping=self._tensor(slots, torch.long),
-            block_tables=self._tensor(self._block_table_rows(seqs, width), torch.int32),
-            seq_lens=self._tensor(lens, torch.int32),
-            max_seqlen_k=max(lens),
-        )
-        return self._forward(self._tensor(ids, torch.long), self._tensor(pos, torch.long), meta)
+        pad = bucket - n
+        # One host->device copy for ids, positions, slots and lengths; padding rows attend to one scratch
+        # token and write to scratch.
+        packed = self._host([ids + [0] * pad, pos + [0] * pad, slots + [self.kv_cache.scratch_slot] * pad,
+                             lens + [1] * pad], torch.long)
+        self._packed[:, :bucket].copy_(packed, non_blocking=True)
+        self._seq_lens[:bucket].copy_(self._packed[3, :bucket])
+        # Only the columns some sequence uses are written: entries beyond a row's length are never read by
+        # FlashAttention-2 or our kernel, and the gathering backends mask them (they hold valid block ids or
+        # the scratch block). Building the full [bucket, max_blocks] table on the host cost milliseconds a step.
+        used = max(len(seq.block_table) for seq in seqs)
+        self._block_tables[:n, :used].copy_(self._host(self._block_table_rows(seqs, used), torch.int32),
+                                            non_blocking=True)
+        if pad:
+            self._block_tables[n:bucket, :1].fill_(self.kv_cache.scratch_block)
+        return StepInputs(self._input_ids[:bucket], self._positions[:bucket], self._graph_meta(*key), None, key, n,
+                          list(range(n)))
+
+    # -- execute: the forward pass --------------------------------------------------------------------
 
     def _forward(self, input_ids, positions, meta, rows=None) -> torch.Tensor:
         self.attention.meta = meta
@@ -155,22 +218,37 @@ class ModelRunner:
             hidden = hidden[rows]
         return self.model.compute_logits(hidden)  # [rows, V]
 
+    @torch.inference_mode()
+    def execute(self, inputs: StepInputs) -> torch.Tensor | None:
+        """Logits [N, V] for the rows that sample (None when none does: a chunk that finishes no prompt)."""
+        if inputs.num_rows == 0:
+            # The chunk still runs: it fills the cache, it just samples nothing.
+            self._forward(inputs.input_ids, inputs.positions, inputs.meta, inputs.input_ids[:0])
+            return None
+        if inputs.graph_key is None:
+            return self._forward(inputs.input_ids, inputs.positions, inputs.meta, inputs.logits_rows)
+        if inputs.graph_key not in self._graphs:  # gathering backends: a width first seen now
+            self._graphs[inputs.graph_key] = self._capture(*inputs.graph_key)
+        graph = self._graphs[inputs.graph_key]
+        graph.graph.replay()
+        return graph.logits[:inputs.num_rows]
+
+    def run(self, batch: ScheduledBatch) -> tuple[torch.Tensor | None, list[int]]:
+        """Logits [N, V] for the sequences that produce a token this step, and their indices in the batch."""
+        inputs = self.prepare(batch)
+        return self.execute(inputs), inputs.producing
+
     # -- CUDA graphs ----------------------------------------------------------------------------------
 
     def _graph_meta(self, bucket: int, width: int) -> AttentionMetadata:
-        return AttentionMetadata(
-            is_prefill=False,
-            slot_mapping=self._slots[:bucket],
-            block_tables=self._block_tables[:bucket, :width],
-            seq_lens=self._seq_lens[:bucket],
-            max_seqlen_k=width * self.block_size,
-        )
+        decode = DecodeMetadata(self._block_tables[:bucket, :width], self._seq_lens[:bucket], width * self.block_size)
+        return AttentionMetadata(self._slots[:bucket], 0, None, decode)
 
     def _capture(self, bucket: int, width: int) -> _Graph:
         # The warm-up runs for real and writes k, v at the static slots: point every row at the scratch block,
         # or a capture made while sequences run would overwrite their cache.
-        self._input_ids.zero_()
-        self._positions.zero_()
+        saved = self._packed.clone(), self._seq_lens.clone(), self._block_tables.clone()
+        self._packed.zero_()
         self._slots.fill_(self.kv_cache.scratch_slot)
         self._seq_lens.fill_(1)
         self._block_tables.fill_(self.kv_cache.scratch_block)
@@ -189,6 +267,8 @@ class ModelRunner:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
             logits = self._forward(ids, pos, meta)
+        # A graph captured lazily, in the middle of a run, finds this step's inputs already in the buffers.
+        self._packed.copy_(saved[0]), self._seq_lens.copy_(saved[1]), self._block_tables.copy_(saved[2])
         return _Graph(graph, logits)
 
     def capture_all(self, progress=None) -> None:
@@ -199,44 +279,3 @@ class ModelRunner:
             self._graphs[(bucket, self.max_blocks)] = self._capture(bucket, self.max_blocks)
         if progress:
             progress("Captured CUDA graphs for decode", len(self.buckets), len(self.buckets))
-
-    def _run_decode_graph(self, seqs) -> torch.Tensor:
-        n = len(seqs)
-        bucket = next(b for b in self.buckets if b >= n)
-        width = self._decode_width(seqs)
-        key = (bucket, width)
-        if key not in self._graphs:  # gathering backends: a width first seen now
-            self._graphs[key] = self._capture(bucket, width)
-        ids, pos, slots, lens = self._decode_inputs(seqs)
-        pad = bucket - n
-        scratch = self.kv_cache.scratch_slot
-        # One host->device copy per buffer; padding rows attend to one scratch token and write to scratch.
-        self._input_ids[:bucket].copy_(self._host(ids + [0] * pad, torch.long), non_blocking=True)
-        self._positions[:bucket].copy_(self._host(pos + [0] * pad, torch.long), non_blocking=True)
-        self._slots[:bucket].copy_(self._host(slots + [scratch] * pad, torch.long), non_blocking=True)
-        self._seq_lens[:bucket].copy_(self._host(lens + [1] * pad, torch.int32), non_blocking=True)
-        # Only the columns some sequence uses are written: entries beyond a row's length are never read by
-        # FlashAttention-2 or our kernel, and the gathering backends mask them (they hold valid block ids or
-        # the scratch block). Building the full [bucket, max_blocks] table on the host cost milliseconds a step.
-        used = max(len(seq.block_table) for seq in seqs)
-        rows = self._block_table_rows(seqs, used)
-        self._block_tables[:n, :used].copy_(self._host(rows, torch.int32), non_blocking=True)
-        if pad:
-            self._block_tables[n:bucket, :1].fill_(self.kv_cache.scratch_block)
-        graph = self._graphs[key]
-        graph.graph.replay()
-        return graph.logits[:n]
-
-    # -- one step -------------------------------------------------------------------------------------
-
-    @torch.inference_mode()
-    def run(self, batch: ScheduledBatch) -> tuple[torch.Tensor, list[int]]:
-        """Logits [N, V] for the sequences that produce a token this step, and their indices in the batch."""
-        if batch.is_prefill:
-            input_ids, positions, meta, rows, produce = self._prepare_prefill(batch)
-            # A chunk that does not finish its prompt still runs: it fills the cache, it just samples nothing.
-            logits = self._forward(input_ids, positions, meta, self._tensor(rows, torch.long))
-            return (logits if rows else None), produce
-        if self.use_cuda_graphs and len(batch.seqs) <= self.buckets[-1]:
-            return self._run_decode_graph(batch.seqs), list(range(len(batch.seqs)))
-        return self._run_decode_eager(batch.seqs), list(range(len(batch.seqs)))

@@ -1,23 +1,30 @@
 """The scheduler: each step, which sequences run, and how many of their tokens.
 
-Two queues: `waiting` (admitted by `add`, or preempted) and `running` (holding cache blocks). Each step is
-one of two kinds, never a mix:
+Two queues: `waiting` (admitted by `add`, or preempted) and `running` (holding cache blocks). A step has a
+token budget (`max_num_batched_tokens`) and a batch size (`max_num_seqs`), and is filled in this order:
 
-- a **prefill** step, when any sequence needs one: first the running sequences whose prompt is only partly
-  computed (chunked prefill), then newcomers from the front of `waiting`, as long as the step's token budget
-  (`max_num_batched_tokens`), the batch size (`max_num_seqs`) and the free blocks allow. A long prompt is
-  cut into chunks of at most the budget, one chunk per step.
-- otherwise a **decode** step: every running sequence advances by one token. A sequence whose next token
-  crosses into a new block needs a free block; when none is left, the newest running sequence is preempted:
-  its blocks are freed and it goes back to the front of `waiting`, to be recomputed (prompt and generated
-  tokens alike) when blocks are free again.
+1. **decodes**: every running sequence whose prompt is fully computed advances by one token. A sequence
+   whose next token crosses into a new block needs a free block; when none is left, the newest running
+   sequence is preempted: its blocks are freed and it goes back to the front of `waiting`, to be recomputed
+   (prompt and generated tokens alike) when blocks are free again.
+2. **prefill chunks** with what is left of the budget: first the running sequences whose prompt is only
+   partly computed, then newcomers from the front of `waiting`, while the budget, the batch size and the
+   free blocks allow. A long prompt is cut into chunks of at most what is left, one chunk per step.
+
+So decodes ride along in a prefill's step (a *mixed batch*, as Sarathi-Serve and vLLM do it): a long
+prompt arriving does not stall the running sequences for the steps its prefill takes, it slows each of
+those steps a little. With `mixed=False` a step is either all prefill or all decode (prefill first), the
+way the engine worked before: simpler, and every running sequence waits while a prompt is prefilled.
 
 Sequences leave `running` the step they finish. The policy decides when newcomers may join:
 
-- `continuous` (default): whenever there is room, so the batch refills as sequences finish.
+- `continuous` (default): whenever there is room, so the batch refills as sequences finish. Mixes.
 - `static`: only once the whole batch has finished; a batch is formed (over as many prefill steps as the
-  budget needs) and runs to completion, as a simple batched server does.
-- `sequential`: one sequence at a time.
+  budget needs) and runs to completion, as a simple batched server does. Never needs to mix.
+- `sequential`: one sequence at a time. Nothing to mix with.
+
+The batch lists the prefill chunks first and the decodes after them (`num_prefill` tells where they
+split), so the model runner sends each part to the attention kernel made for it.
 """
 
 from __future__ import annotations
@@ -34,18 +41,27 @@ POLICIES = ("continuous", "static", "sequential")
 
 @dataclass
 class ScheduledBatch:
-    is_prefill: bool
-    seqs: list[Sequence]
-    num_new_tokens: list[int]  # tokens each sequence computes this step (1 each in decode)
+    seqs: list[Sequence]  # prefill chunks first, then decodes
+    num_new_tokens: list[int]  # tokens each sequence computes this step (1 for each decode)
+    num_prefill: int  # seqs[:num_prefill] are prefill chunks (or several tokens to verify)
 
     @property
     def num_tokens(self) -> int:
         return sum(self.num_new_tokens)
 
+    @property
+    def is_prefill(self) -> bool:
+        """Whether the step computes some prompt (possibly with decodes riding along)."""
+        return self.num_prefill > 0
+
+    @property
+    def is_decode_only(self) -> bool:
+        return self.num_prefill == 0
+
 
 class Scheduler:
     def __init__(self, block_manager: BlockManager, policy: str = "continuous", max_num_seqs: int = 32,
-                 max_num_batched_tokens: int = 2048):
+                 max_num_batched_tokens: int = 2048, mixed: bool = True):
         if policy not in POLICIES:
             raise RuvonError(f"Unknown scheduler '{policy}'; choose one of: {', '.join(POLICIES)}.")
         if max_num_seqs < 1:
@@ -54,6 +70,7 @@ class Scheduler:
             raise RuvonError(f"The step's token budget must be at least 1, not {max_num_batched_tokens}.")
         self.block_manager = block_manager
         self.policy = policy
+        self.mixed = mixed and policy == "continuous"
         self.max_num_seqs = 1 if policy == "sequential" else max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.waiting: deque[Sequence] = deque()
@@ -73,14 +90,49 @@ class Scheduler:
         return True
 
     def schedule(self) -> ScheduledBatch | None:
-        budget = self.max_num_batched_tokens
+        decodes = self._schedule_decodes() if self.mixed else []
+        budget = self.max_num_batched_tokens - len(decodes)
+        seqs, counts = self._schedule_prefills(budget)
+        if seqs or decodes:
+            return ScheduledBatch(seqs + decodes, counts + [1] * len(decodes), len(seqs))
+        if self.mixed or not self.running:
+            return None
+        self._forming = False
+        decodes = self._schedule_decodes()
+        if not decodes:
+            return self.schedule()  # everything was preempted: admit again (the oldest fits alone)
+        return ScheduledBatch(decodes, [1] * len(decodes), 0)
+
+    @staticmethod
+    def _prefilling(seq: Sequence) -> bool:
+        # One uncomputed token is decode-ready: a 1-token last chunk and a decode step are the same work.
+        return seq.num_uncomputed_tokens > 1
+
+    def _schedule_decodes(self) -> list[Sequence]:
+        """Every running sequence past its prefill gets a slot for one more token; preempt when none is left."""
+        decodes: list[Sequence] = []
+        for seq in list(self.running):
+            if seq.status is not SequenceStatus.RUNNING or self._prefilling(seq):
+                continue  # preempted below while making room for an older sequence, or still prefilling
+            while not self.block_manager.can_append(seq):
+                victim = self.running[-1]
+                self.preempt(victim)
+                if victim is seq:
+                    break
+            else:
+                self.block_manager.append_slot(seq)
+                decodes.append(seq)
+        if decodes and self.policy == "static":
+            self._forming = False
+        return decodes
+
+    def _schedule_prefills(self, budget: int) -> tuple[list[Sequence], list[int]]:
         seqs, counts = [], []
         # 1. Running sequences whose prefill is unfinished continue it first.
         for seq in self.running:
-            if budget == 0:
+            if budget <= 0:
                 break
-            # One uncomputed token is decode-ready: a 1-token last chunk and a decode step are the same work.
-            if seq.num_uncomputed_tokens > 1:
+            if self._prefilling(seq):
                 n = min(seq.num_uncomputed_tokens, budget)
                 seqs.append(seq), counts.append(n)
                 budget -= n
@@ -99,27 +151,7 @@ class Scheduler:
                 n = min(seq.num_uncomputed_tokens, budget)
                 seqs.append(seq), counts.append(n)
                 budget -= n
-        if seqs:
-            return ScheduledBatch(True, seqs, counts)
-        if not self.running:
-            return None
-        # 3. Decode: every running sequence one token; preempt the newest when blocks run out.
-        self._forming = False
-        decode: list[Sequence] = []
-        for seq in list(self.running):
-            if seq.status is not SequenceStatus.RUNNING:
-                continue  # preempted below while making room for an older sequence
-            while not self.block_manager.can_append(seq):
-                victim = self.running[-1]
-                self.preempt(victim)
-                if victim is seq:
-                    break
-            else:
-                self.block_manager.append_slot(seq)
-                decode.append(seq)
-        if not decode:
-            return self.schedule()  # everything was preempted: admit again (the oldest fits alone)
-        return ScheduledBatch(False, decode, [1] * len(decode))
+        return seqs, counts
 
     def preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 
+from ruvoninference.engine.detokenizer import IncrementalDetokenizer
 from ruvoninference.sampling import SamplingParams, TokenLogprob
 
 
@@ -51,10 +52,9 @@ class Sequence:
     arrival_time: float = field(default_factory=time.perf_counter)
     first_token_time: float | None = None
     finish_time: float | None = None
-    # Incremental detokenization: output[_prefix:_read] were already turned into text; they are decoded
-    # again only as context for the new tokens, so each step decodes a few tokens, not the whole output.
-    _prefix: int = 0
-    _read: int = 0
+    # Text: an IncrementalDetokenizer when someone reads text as it is produced (a stream, stop strings),
+    # else None and the output is decoded once when the sequence finishes.
+    detokenizer: IncrementalDetokenizer | None = None
 
     def __post_init__(self) -> None:
         if not self.token_ids:
@@ -84,32 +84,35 @@ class Sequence:
     def finished(self) -> bool:
         return self.status is SequenceStatus.FINISHED
 
-    def _new_text(self, tokenizer) -> str:
-        """Text added by the tokens after _read, or "" while they end inside a multi-byte character."""
-        out = self.output_token_ids
-        done = tokenizer.decode(out[self._prefix:self._read], skip_special_tokens=True)
-        upto = tokenizer.decode(out[self._prefix:], skip_special_tokens=True)
-        last = len(out) >= self.sampling.max_tokens
-        if upto.endswith("\ufffd") and not last:  # a character still incomplete: hold it back
-            return ""
-        self._prefix, self._read = self._read, len(out)
-        return upto[len(done):]
-
-    def append_token(self, token: int, logprob: TokenLogprob | None, tokenizer) -> str:
-        """Record one sampled token, update the text, apply the stop rules; return the text it added."""
+    def append_token(self, token: int, logprob: TokenLogprob | None) -> str:
+        """Record one sampled token, apply the stop rules; return the text it released (maybe "")."""
         self.token_ids.append(token)
         if logprob is not None:
             self.logprobs.append(logprob)
-        if token in self.eos_token_ids and not self.sampling.ignore_eos:
+        if token in self.eos_token_ids:
             self.finish_reason = "stop"
-            return ""
-        full = self.text + self._new_text(tokenizer)
-        for stop in self.sampling.stop:
-            cut = full.find(stop, max(0, len(self.text) - len(stop) + 1))
-            if cut != -1:
-                full, self.finish_reason = full[:cut], "stop"
-                break
+            return self._flush()
+        delta = ""
+        if self.detokenizer is not None:
+            delta = self.detokenizer.add(token)
+            if self.detokenizer.stopped:
+                self.finish_reason = "stop"
         if self.finish_reason is None and self.num_output_tokens >= self.sampling.max_tokens:
             self.finish_reason = "length"
-        delta, self.text = full[len(self.text):], full
+            delta += self._flush()
         return delta
+
+    def _flush(self) -> str:
+        """At the end: release any text held back for a stop string that never completed."""
+        if self.detokenizer is None:
+            return ""
+        delta = self.detokenizer.flush()
+        self.text = self.detokenizer.text
+        return delta
+
+    def finish_text(self, tokenizer) -> None:
+        """The final text: what the detokenizer released, or the whole output decoded once."""
+        if self.detokenizer is not None:
+            self.text = self.detokenizer.text
+        else:
+            self.text = tokenizer.decode(self.output_token_ids, skip_special_tokens=True)

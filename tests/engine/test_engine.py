@@ -156,3 +156,71 @@ def test_engine_configuration_errors(bundles):
         Engine(bundles["gpt2-random"], "sdpa", kv_cache_memory=1000)
     with pytest.raises(RuvonError, match="embedded models"):
         Engine("./no/such/model", "sdpa", "cpu")
+
+
+def test_mixed_batches_give_the_same_greedy_tokens_as_unmixed(bundles):
+    """Requests arrive while others decode, prompts are chunked: decodes ride along in prefill steps."""
+    bundle = bundles["gpt2-random"]
+    sampling = SamplingParams(max_tokens=10, ignore_eos=True)
+
+    def run(mixed):
+        eng = engine(bundle, max_num_batched_tokens=6, mixed_batches=mixed)
+        ids = [eng.add_request(PROMPTS[0], sampling)]
+        tokens, mixed_steps = {}, 0
+        for step in range(40):
+            if step in (3, 5):
+                ids.append(eng.add_request(PROMPTS[1 if step == 3 else 2], sampling))
+            batch_before = eng.num_steps
+            for out in eng.step():
+                tokens.setdefault(out.request_id, []).extend(out.new_token_ids)
+            assert eng.num_steps == batch_before + 1 or not eng.has_unfinished()
+        assert eng.block_manager.num_free_blocks == eng.block_manager.num_blocks
+        return [tokens[i] for i in ids]
+
+    assert run(True) == run(False)
+
+
+def test_a_seeded_request_gives_the_same_tokens_in_any_batch(bundles):
+    bundle = bundles["gpt2-random"]
+    target = SamplingParams(temperature=1.0, top_p=0.9, seed=42, max_tokens=6, ignore_eos=True)
+    alone = engine(bundle).generate([PROMPTS[0]], target)[0].token_ids
+    others = [SamplingParams(max_tokens=6, ignore_eos=True), SamplingParams(temperature=0.8, max_tokens=5),
+              SamplingParams(temperature=1.2, top_k=20, seed=3, max_tokens=7)]
+    for size in (8, 64):
+        prompts = [PROMPTS[0]] + [PROMPTS[i % 3] + " x" * (i % 4) for i in range(1, size)]
+        params = [target] + [others[i % 3] for i in range(1, size)]
+        eng = engine(bundle, blocks=200, max_batch_size=size)
+        assert eng.generate(prompts, params)[0].token_ids == alone
+
+
+def test_a_stop_string_across_two_tokens_never_leaks_into_the_stream(bundles):
+    eng = engine(bundles["gpt2-random"])
+    sampling = SamplingParams(max_tokens=12, ignore_eos=True)
+    free = eng.generate([PROMPTS[0]], sampling)[0]
+    pieces = [eng.tokenizer.decode([t]) for t in free.token_ids]
+    # A stop string made of the end of token 4's text and the start of token 5's
+    i = next(i for i in range(3, 10) if len(pieces[i].strip()) >= 2 and len(pieces[i + 1].strip()) >= 1)
+    stop = pieces[i][-2:] + pieces[i + 1][:1]
+    want = free.text[:free.text.index(stop)]
+    rid = eng.add_request(PROMPTS[0], SamplingParams(max_tokens=12, ignore_eos=True, stop=(stop,)))
+    streamed = []
+    while eng.has_unfinished():
+        streamed += [o.new_text for o in eng.step() if o.request_id == rid]
+    assert "".join(streamed) == want
+    assert eng.generate([PROMPTS[0]], SamplingParams(max_tokens=12, ignore_eos=True, stop=(stop,)))[0].text == want
+    # a stop string that never completes holds nothing back at the end
+    never = eng.generate([PROMPTS[0]], SamplingParams(max_tokens=12, ignore_eos=True, stop=(pieces[3] + "\x00",)))
+    assert never[0].text == free.text and never[0].finish_reason == "length"
+
+
+def test_a_batch_with_extreme_sampling_values_gives_every_row_a_token(bundles):
+    eng = engine(bundles["gpt2-random"])
+    params = [SamplingParams(temperature=1e-40, max_tokens=3), SamplingParams(temperature=1.0, top_p=1e-300,
+              max_tokens=3), SamplingParams(temperature=0.7, presence_penalty=2.0, frequency_penalty=-2.0,
+              repetition_penalty=1.5, logit_bias={11: 100.0}, max_tokens=3)]
+    outs = eng.generate(PROMPTS, params)
+    assert all(len(o.token_ids) == 3 for o in outs)
+    assert outs[2].token_ids == [11, 11, 11]  # a bias of +100 wins
+    greedy = eng.generate([PROMPTS[0]], SamplingParams(max_tokens=3))[0].token_ids
+    assert outs[0].token_ids == greedy and outs[1].token_ids == eng.generate(
+        [PROMPTS[1]], SamplingParams(max_tokens=3))[0].token_ids

@@ -9,8 +9,8 @@ from ruvoninference.errors import RuvonError
 from ruvoninference.sampling import SamplingParams
 
 
-def make(policy="continuous", blocks=64, block_size=4, max_seqs=4, budget=64):
-    return Scheduler(BlockManager(blocks, block_size), policy, max_seqs, budget)
+def make(policy="continuous", blocks=64, block_size=4, max_seqs=4, budget=64, mixed=True):
+    return Scheduler(BlockManager(blocks, block_size), policy, max_seqs, budget, mixed)
 
 
 def seq(n, rid, max_tokens=4):
@@ -66,9 +66,38 @@ def test_continuous_admits_newcomers_while_others_decode():
     late = seq(6, "b", max_tokens=2)
     s.add(late)
     b = run_step(s)
-    assert b.is_prefill and b.seqs == [late]
+    # a's decode rides along in b's prefill step: prefill chunks first, then decodes
+    assert b.seqs == [late, s.running[0]] and b.num_new_tokens == [6, 1] and b.num_prefill == 1
     assert [q.request_id for q in s.running] == ["a", "b"]
 
+
+def test_unmixed_steps_are_all_prefill_or_all_decode():
+    s = make(max_seqs=4, mixed=False)
+    s.add(seq(5, "a", max_tokens=10))
+    run_step(s)
+    run_step(s)
+    late = seq(6, "b", max_tokens=2)
+    s.add(late)
+    b = run_step(s)
+    assert b.is_prefill and b.seqs == [late] and b.num_prefill == 1
+    b = run_step(s)
+    assert b.is_decode_only and [q.request_id for q in b.seqs] == ["a", "b"]
+
+
+def test_decodes_take_their_tokens_from_the_budget_and_prefill_gets_the_rest():
+    s = make(max_seqs=8, budget=8)
+    for i in range(3):
+        s.add(seq(1, f"d{i}", max_tokens=50))
+    while any(q.num_uncomputed_tokens > 1 for q in s.running) or s.waiting:
+        run_step(s)
+    long = Sequence("long", list(range(30)), SamplingParams(max_tokens=2), frozenset())
+    s.add(long)
+    sizes = []
+    while long.num_output_tokens == 0:
+        b = run_step(s)
+        assert b.num_tokens <= 8 and b.num_new_tokens[b.num_prefill:] == [1] * (len(b.seqs) - b.num_prefill)
+        sizes.append(b.num_new_tokens[:b.num_prefill])
+    assert sizes == [[5]] * 6  # 3 decodes ride along in every chunk step
 
 def test_static_waits_for_the_whole_batch():
     s = make("static", max_seqs=4)
