@@ -20,7 +20,7 @@ import torch
 from ruvoninference.attention import AttentionImplementation, LoadedModel, load_model_with_attention
 from ruvoninference.errors import RuvonError
 from ruvoninference.weights import ProgressCallback
-from ruvoninference.stats import cpu_peak_allocated, is_out_of_memory
+from ruvoninference.stats import cpu_peak_allocated, is_out_of_memory, native_stderr_silenced
 
 
 # A GPU reaches the lengths where eager attention's n² memory dominates; two CPU cores would take minutes.
@@ -146,7 +146,7 @@ def attention_ops(loaded: LoadedModel, input_ids: list[int]) -> tuple[list[str],
     ids = torch.tensor([input_ids], device=loaded.device)
     cuda = loaded.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities) as prof:
+    with native_stderr_silenced(), profile(activities=activities) as prof:  # no USDT start/stop lines
         loaded.model(input_ids=ids, use_cache=True, logits_to_keep=1)
         if cuda:
             torch.cuda.synchronize(loaded.device)
