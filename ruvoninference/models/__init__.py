@@ -14,12 +14,13 @@ transformers loads (`weights.load_pretrained`), renamed, with q/k/v and gate/up 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from ruvoninference import weights
-from ruvoninference.models import gpt2, llama, qwen3
+from ruvoninference.models import gpt2, llama, qwen3, seeded
 from ruvoninference.models.config import SUPPORTED_FAMILIES, ModelConfig
 from ruvoninference.models.layers import AttentionFn, CausalLM
 
@@ -31,6 +32,7 @@ __all__ = [
     "ModelConfig",
     "from_transformers",
     "load_model",
+    "model_config",
 ]  # fmt: skip
 
 _FAMILIES = {
@@ -55,21 +57,33 @@ class ModelBundle:
     dtype: torch.dtype
 
 
+Shard = Callable[[CausalLM], dict[str, Callable[[torch.Tensor], torch.Tensor]]]
+"""`shard(model) -> {parameter name: cut}`: cuts a model to one tensor-parallel rank's share, in place, and
+says how a full tensor of each cut parameter is cut (`parallel.shard.shard_model` with its group bound)."""
+
+
 def load_model(
     name: str = weights.DEFAULT_MODEL,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     progress: weights.ProgressCallback | None = None,
+    shard: Shard | None = None,
 ) -> ModelBundle:
     """Load an embedded model, a Hub id or a local folder of a supported family into our model code.
 
     The family is checked from the config before any weight is read, so an unsupported model fails fast.
+    With `shard`, the model is cut before it goes to the device, so each rank's device holds only its slice.
     """
     device = torch.device(device)
+    if name in seeded.SEEDED_MODELS:
+        return _load_seeded(name, device, dtype, progress, shard)
     hf_config = weights.load_config(name, progress)
     config = ModelConfig.from_hf(hf_config)
     hf_model, tokenizer = weights.load_pretrained(name, "eager", dtype, progress=progress)
-    model = from_transformers(hf_model, device, dtype)
+    model = from_transformers(hf_model, "cpu" if shard else device, dtype)
+    if shard:
+        shard(model)
+        model.to(device)
     eos = _eos_token_ids(hf_model.generation_config, tokenizer)
     del hf_model  # the tensors we did not fuse or transpose now belong to our model alone
     embedded = weights.EMBEDDED_MODELS.get(name)
@@ -81,6 +95,44 @@ def load_model(
         context_length=weights.context_length(hf_config),
         eos_token_ids=eos,
         random_weights=embedded is not None and embedded.random_weights,
+        device=device,
+        dtype=dtype,
+    )
+
+
+def model_config(name: str, progress: weights.ProgressCallback | None = None) -> ModelConfig:
+    """The configuration of `name` without loading a weight."""
+    if name in seeded.SEEDED_MODELS:
+        return ModelConfig.from_hf(seeded.SEEDED_MODELS[name]())
+    return ModelConfig.from_hf(weights.load_config(name, progress))
+
+
+def _load_seeded(name: str, device: torch.device, dtype: torch.dtype, progress: weights.ProgressCallback | None,
+                 shard: Shard | None) -> ModelBundle:
+    from transformers import GPT2Tokenizer
+
+    hf_config = seeded.SEEDED_MODELS[name]()
+    config = ModelConfig.from_hf(hf_config)
+    model_class, _ = _FAMILIES[config.family]
+    with torch.device("meta"):
+        model = model_class(config)
+    full_shapes = {n: p.shape for n, p in model.named_parameters()}
+    cuts = shard(model) if shard else {}
+    if progress:
+        progress(f"Drawing {name}'s seeded weights on {device}", 0, 1)
+    seeded.fill_on_device(model, full_shapes, device, dtype, cut=lambda n, t: cuts[n](t) if n in cuts else t)
+    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)  # the RoPE tables follow
+    if progress:
+        progress(f"Drew {name}'s seeded weights", 1, 1)
+    tokenizer = GPT2Tokenizer.from_pretrained(str(weights.gpt2_tokenizer_folder()))
+    return ModelBundle(
+        model=model,
+        tokenizer=tokenizer,
+        name=name,
+        config=config,
+        context_length=weights.context_length(hf_config),
+        eos_token_ids=frozenset([hf_config.eos_token_id]),
+        random_weights=True,
         device=device,
         dtype=dtype,
     )

@@ -105,10 +105,12 @@ class CausalLM(nn.Module):
         # Tied: no second parameter (loading and dtype casts would otherwise split it from the embedding).
         tied = config.tie_word_embeddings
         self.lm_head = None if tied else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        # Tensor parallelism swaps this for an all-gather of every rank's slice of the vocabulary.
+        self.gather_logits: nn.Module = nn.Identity()
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, weight)  # (N, C) @ (C, V) -> (N, V)
+        return self.gather_logits(F.linear(hidden, weight))  # (N, C) @ (C, V) -> (N, V)
 
 
 def fuse_rows(*weights: torch.Tensor) -> torch.Tensor:
