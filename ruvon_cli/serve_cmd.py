@@ -9,7 +9,10 @@ from typing import Annotated, Optional
 import typer
 
 from ruvon_cli import render
-from ruvon_cli.common import Device, Dtype, JsonPath, MarkdownPath, Model, command_line, friendly
+from ruvon_cli.common import (
+    Device, Dtype, JsonPath, KvCacheMemory, MarkdownPath, Model, check_listen, check_model, command_line, friendly,
+    kv_cache_budget,
+)
 from ruvon_cli.render import console, err_console
 
 SCHEDULERS = ("continuous", "static", "sequential")
@@ -27,17 +30,23 @@ def serve(
     max_queue: Annotated[int, typer.Option(help="Requests waiting at most; more get HTTP 429.")] = 512,
     device: Device = None,
     dtype: Dtype = None,
-    kv_cache_memory: Annotated[Optional[int], typer.Option(
-        help="MiB for the KV cache (default: the engine's choice).")] = None,
+    kv_cache_memory: KvCacheMemory = None,
     enforce_eager: Annotated[bool, typer.Option("--enforce-eager", help="No CUDA graphs.")] = False,
     served_model_name: Annotated[Optional[str], typer.Option(
         help="The name clients use in `model` (default: --model).")] = None,
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every HTTP request.")] = False,
+    api_key: Annotated[str | None, typer.Option(
+        envvar="RUVON_API_KEY", show_envvar=True,
+        help="Require 'Authorization: Bearer KEY' on every route but /health and /metrics.")] = None,
+    max_request_bytes: Annotated[int, typer.Option(
+        help="Largest request body accepted; larger ones get HTTP 413.")] = 8 * 2**20,
+    shutdown_timeout: Annotated[float, typer.Option(
+        help="Seconds running requests may take to finish after SIGTERM/SIGINT; then they end with an "
+             "error. A second signal exits at once.")] = 30.0,
 ) -> None:
     """Serve the model over HTTP: /v1/completions, /v1/chat/completions, /completions, /metrics."""
-    import uvicorn
-
     from ruvoninference.errors import RuvonError
+    from ruvoninference.server import lifecycle
     from ruvoninference.server.app import create_app
     from ruvoninference.server.async_engine import EngineSettings
 
@@ -45,18 +54,25 @@ def serve(
         raise RuvonError(f"Unknown scheduler '{scheduler}'; choose one of: {', '.join(SCHEDULERS)}.")
     if max_batch_size < 1 or max_queue < 1:
         raise RuvonError("--max-batch-size and --max-queue must each be at least 1.")
+    if max_request_bytes < 1024:
+        raise RuvonError(f"--max-request-bytes must be at least 1024, not {max_request_bytes}.")
+    if shutdown_timeout < 0:
+        raise RuvonError(f"--shutdown-timeout must be >= 0 seconds, not {shutdown_timeout}.")
     if not 0 <= port <= 65535:
         raise RuvonError(f"Port {port} is not a TCP port; use a number from 1 to 65535.")
     settings = EngineSettings(
         model=model, attn=attn, device=device, dtype=dtype, scheduler=scheduler, max_batch_size=max_batch_size,
         max_queue=max_queue, enforce_eager=enforce_eager,
-        kv_cache_memory=None if kv_cache_memory is None else kv_cache_memory * 2**20,
+        kv_cache_memory=kv_cache_budget(kv_cache_memory, device),
     )
-    app = create_app(settings, served_model_name)
+    app = create_app(settings, served_model_name, api_key=api_key, max_request_bytes=max_request_bytes)
+    check_listen(host, port)  # before the banner: a busy port or unknown host is one sentence, exit 2
+    check_model(model)  # a model that cannot load ends the server at start, not with 503s forever
     err_console.print(f"[bold]Serving[/bold] {app.state.model_name} ({attn}, {scheduler} scheduler, batch "
                       f"{max_batch_size}) on http://{host}:{port}; the model loads in the background "
-                      f"(503 until then).", highlight=False)
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=access_log)
+                      f"(503 until then){'; API key required' if api_key else ''}.", highlight=False)
+    if lifecycle.run(app, host, port, shutdown_timeout, access_log):
+        raise typer.Exit(1)  # a second signal: running requests were cut short
 
 
 def _levels(text: str) -> list[int]:

@@ -1,14 +1,35 @@
 """What the server exposes on `/metrics`, in Prometheus' text format through `prometheus-client`.
 
-Each server owns its own `CollectorRegistry` (two servers in one test process must not share counters).
-Counters and histograms are updated where the event happens (the HTTP handler for statuses, the engine
-thread for tokens and latencies); gauges are set by the engine thread after every step. prometheus-client's
-metrics are thread-safe, so both threads write without a lock of ours.
+The names and meanings are vLLM's (`vllm:x` is `ruvon:x` here), each with a `model_name` label, so a query
+written for vLLM's dashboard works after replacing the prefix; the histogram buckets are vLLM's too:
 
-The histogram buckets are vLLM's, so dashboards built for its `/metrics` read ours with new names.
+    ruvon:time_to_first_token_seconds          observed when a request's first token is produced
+    ruvon:inter_token_latency_seconds          observed at every later token: the gap since the one before
+    ruvon:request_time_per_output_token_seconds  at the end of a request: (last - first token) / (tokens - 1)
+    ruvon:e2e_request_latency_seconds          at the end of a request: arrival to its last token
+    ruvon:request_prompt_tokens / _generation_tokens   per finished request
+    ruvon:prompt_tokens_total                  when a prompt's prefill is done, once per prompt (as `usage`
+                                               counts a prompt once for n choices)
+    ruvon:generation_tokens_total              as tokens are produced (aborted requests' tokens too)
+    ruvon:request_success_total{finished_reason}       stop, length or abort (the client left, or shutdown)
+    ruvon:request_failed_total                 requests the engine failed (a 500 or an error event)
+    ruvon:num_preemptions_total                sequences preempted by the scheduler
+    ruvon:prefix_cache_queries_total / _hits_total     prompt tokens looked up in the prefix cache / found
+    ruvon:num_requests_running / _waiting      gauges read from the engine when scraped (waiting counts the
+                                               requests admitted and not yet scheduled)
+    ruvon:kv_cache_usage_perc                  KV-cache blocks in use, as a fraction (1 = full), when scraped
+    ruvon:http_requests_total{route,status}    responses by route and status code
+
+Arrival is when the handler admitted the request (queueing counts, tokenization and HTTP parsing do not).
+Latencies of requests that ended with an abort or an engine error are not observed (they would mix
+shortened requests into the histograms); those requests are counted instead. Each server owns its own
+`CollectorRegistry`, so two servers in one test process do not share counters; prometheus-client's metrics
+are thread-safe, so the engine thread and the event loop both write without a lock of ours.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -19,34 +40,63 @@ from prometheus_client import (
     generate_latest,
 )
 
+# vLLM's buckets (seconds), so its dashboards' quantile queries mean the same here.
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-                20.0, 40.0, 80.0)
-TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
-E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0)
+                20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
+ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+               40.0, 80.0)
+E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
+               480.0, 960.0, 1920.0, 7680.0)
+TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000)
+
+FINISH_REASONS = ("stop", "length", "abort")
 
 
 class ServerMetrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.requests = Counter("ruvon_http_requests", "HTTP requests answered, by route and status code.",
-                                ["route", "status"], registry=r)
-        self.finished = Counter("ruvon_request_finished", "Engine requests finished, by finish reason "
-                                "(stop, length, abort).", ["finish_reason"], registry=r)
-        self.prompt_tokens = Counter("ruvon_prompt_tokens", "Prompt tokens of finished requests.", registry=r)
-        self.generation_tokens = Counter("ruvon_generation_tokens", "Tokens generated.", registry=r)
-        self.ttft = Histogram("ruvon_time_to_first_token_seconds", "From arrival to the first generated token.",
-                              buckets=TTFT_BUCKETS, registry=r)
-        self.tpot = Histogram("ruvon_time_per_output_token_seconds", "Mean gap between a request's tokens "
-                              "after the first.", buckets=TPOT_BUCKETS, registry=r)
-        self.e2e = Histogram("ruvon_e2e_request_latency_seconds", "From arrival to the last token.",
-                             buckets=E2E_BUCKETS, registry=r)
-        self.waiting = Gauge("ruvon_num_requests_waiting", "Requests queued, not yet scheduled.", registry=r)
-        self.running = Gauge("ruvon_num_requests_running", "Requests in the running batch.", registry=r)
-        self.blocks_used = Gauge("ruvon_kv_cache_blocks_used", "KV cache blocks held by requests.",
-                                 ["implementation"], registry=r)
-        self.blocks_free = Gauge("ruvon_kv_cache_blocks_free", "KV cache blocks free.", ["implementation"],
-                                 registry=r)
+    def __init__(self, model_name: str) -> None:
+        self.registry = r = CollectorRegistry()
+        self.model_name = model_name
+        m = ["model_name"]
+
+        def counter(name: str, doc: str, labels: list[str] = m) -> Counter:
+            return Counter(f"ruvon:{name}", doc, labels, registry=r)
+
+        def histogram(name: str, doc: str, buckets: tuple) -> Histogram:
+            return Histogram(f"ruvon:{name}", doc, m, buckets=buckets, registry=r).labels(model_name)
+
+        self.http = Counter("ruvon:http_requests", "HTTP responses by route and status code.",
+                            ["route", "status"], registry=r)
+        self._success = counter("request_success", "Requests finished, by finish reason (stop, length, "
+                                "abort).", m + ["finished_reason"])
+        self.success = {reason: self._success.labels(model_name, reason) for reason in FINISH_REASONS}
+        self.failed = counter("request_failed", "Requests the engine failed.").labels(model_name)
+        self.prompt_tokens = counter("prompt_tokens", "Prompt tokens prefilled (once per prompt).").labels(model_name)
+        self.generation_tokens = counter("generation_tokens", "Tokens generated.").labels(model_name)
+        self.preemptions = counter("num_preemptions", "Sequences preempted.").labels(model_name)
+        self.prefix_queries = counter("prefix_cache_queries", "Prompt tokens looked up in the prefix "
+                                      "cache.").labels(model_name)
+        self.prefix_hits = counter("prefix_cache_hits", "Prompt tokens found in the prefix cache.").labels(model_name)
+        self.ttft = histogram("time_to_first_token_seconds", "From arrival to the first token.", TTFT_BUCKETS)
+        self.itl = histogram("inter_token_latency_seconds", "Gap between a request's consecutive tokens.",
+                             ITL_BUCKETS)
+        self.tpot = histogram("request_time_per_output_token_seconds", "A request's mean gap between tokens "
+                              "after the first.", ITL_BUCKETS)
+        self.e2e = histogram("e2e_request_latency_seconds", "From arrival to the last token.", E2E_BUCKETS)
+        self.request_prompt_tokens = histogram("request_prompt_tokens", "Prompt tokens per finished request.",
+                                               TOKEN_BUCKETS)
+        self.request_generation_tokens = histogram("request_generation_tokens", "Generated tokens per finished "
+                                                   "request.", TOKEN_BUCKETS)
+        self._gauges = {name: Gauge(f"ruvon:{name}", doc, m, registry=r).labels(model_name) for name, doc in (
+            ("num_requests_running", "Requests in the running batch."),
+            ("num_requests_waiting", "Requests admitted and not yet scheduled."),
+            ("kv_cache_usage_perc", "Fraction of KV-cache blocks in use (1 = full)."))}
+
+    def read_gauges_from(self, running: Callable[[], float], waiting: Callable[[], float],
+                         kv_usage: Callable[[], float]) -> None:
+        """Gauges are computed when scraped, so they are current whenever they are read."""
+        self._gauges["num_requests_running"].set_function(running)
+        self._gauges["num_requests_waiting"].set_function(waiting)
+        self._gauges["kv_cache_usage_perc"].set_function(kv_usage)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

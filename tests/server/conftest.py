@@ -15,10 +15,12 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 
 class RunningServer:
-    def __init__(self, app) -> None:
+    def __init__(self, app, shutdown_timeout: float = 30.0) -> None:
+        from ruvoninference.server.lifecycle import Server
+
         self.app = app
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                                    lifespan="on"))
+        self.server = Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on",
+                                            timeout_graceful_shutdown=shutdown_timeout + 5), shutdown_timeout)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> RunningServer:
@@ -45,20 +47,42 @@ class RunningServer:
         raise RuntimeError("the model did not load in time")
 
 
-def engine_server(model: str, scheduler: str = "continuous", **settings) -> RunningServer:
+def engine_server(model, scheduler: str = "continuous", app_options: dict | None = None,
+                  shutdown_timeout: float = 30.0, **settings) -> RunningServer:
     from ruvoninference.server.app import create_app
     from ruvoninference.server.async_engine import EngineSettings
 
     return RunningServer(create_app(EngineSettings(model=model, attn="sdpa", device="cpu", scheduler=scheduler,
-                                                   **settings)))
+                                                   **settings), **(app_options or {})), shutdown_timeout)
 
 
 @pytest.fixture(scope="session")
-def gpt2_server():
+def gpt2_bundle():
+    """gpt2-random loaded once: servers made from it start in a moment (loading takes most of a minute on
+    a busy 2-core machine)."""
+    import torch
+
+    from ruvoninference.models import load_model
+
+    return load_model("gpt2-random", "cpu", torch.float32)
+
+
+@pytest.fixture(scope="session")
+def gpt2_server(gpt2_bundle):
     """gpt2-random with the continuous scheduler: most tests share it."""
-    with engine_server("gpt2-random", max_batch_size=32, max_queue=64) as server:
+    with engine_server(gpt2_bundle, max_batch_size=32, max_queue=64) as server:
         server.wait_ready()
         yield server
+
+
+@pytest.fixture
+def small_server(gpt2_bundle):
+    """`with small_server(max_batch_size=2, ...) as server:` a server of its own, on the shared weights."""
+    def make(app_options: dict | None = None, shutdown_timeout: float = 30.0, **settings) -> RunningServer:
+        settings = {"kv_cache_memory": 256 * 2**20, **settings}
+        return engine_server(gpt2_bundle, app_options=app_options, shutdown_timeout=shutdown_timeout, **settings)
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -115,12 +115,25 @@ def test_logprobs_are_the_models_log_softmax(gpt2_server):
     assert "".join(lp["tokens"]) == choice["text"]
 
 
-def test_echo_logprobs_are_null_for_the_prompt(gpt2_server):
-    response = httpx.post(gpt2_server.url + "/v1/completions", timeout=60, json={
-        "prompt": "Once upon a time", "max_tokens": 2, "temperature": 0, "logprobs": 1, "echo": True})
-    lp = response.json()["choices"][0]["logprobs"]
-    assert lp["token_logprobs"][:4] == [None] * 4 and all(x is not None for x in lp["token_logprobs"][4:])
-    assert len(lp["tokens"]) == 6 and "".join(lp["tokens"]) == response.json()["choices"][0]["text"]
+def test_echo_scores_the_prompt_as_lm_eval_asks(gpt2_server):
+    """echo + max_tokens=0 + logprobs (lm-eval-harness' loglikelihood request): every prompt token's
+    log-probability given the ones before it; the ones the engine generated greedily must score what the
+    engine itself reported for them (two different code paths: the paged decode and a plain forward)."""
+    url = gpt2_server.url + "/v1/completions"
+    generated = httpx.post(url, timeout=60, json={"prompt": "Once upon a time", "max_tokens": 3,
+                                                  "temperature": 0, "logprobs": 0}).json()["choices"][0]
+    text = "Once upon a time" + generated["text"]
+    scored = httpx.post(url, timeout=60, json={"prompt": text, "max_tokens": 0, "echo": True, "logprobs": 1})
+    assert scored.status_code == 200, scored.text
+    body = scored.json()
+    lp = body["choices"][0]["logprobs"]
+    assert body["choices"][0]["text"] == text and "".join(lp["tokens"]) == text
+    assert lp["token_logprobs"][0] is None and all(x is not None for x in lp["token_logprobs"][1:])
+    assert lp["token_logprobs"][-3:] == pytest.approx(generated["logprobs"]["token_logprobs"], abs=1e-3)
+    assert all(len(top) == 1 for top in lp["top_logprobs"][1:])
+    assert body["usage"]["completion_tokens"] == 0 and body["usage"]["prompt_tokens"] == len(lp["tokens"])
+    nothing = httpx.post(url, timeout=60, json={"prompt": text, "max_tokens": 0})
+    assert nothing.status_code == 400 and nothing.json()["error"]["param"] == "max_tokens"
 
 
 def test_32_concurrent_streams_equal_lone_requests(gpt2_server):
@@ -161,7 +174,7 @@ def test_curl_example_from_the_articles_other_implementation_same_weights(gpt2_s
 def test_models_health_openapi(gpt2_server):
     models = httpx.get(gpt2_server.url + "/v1/models").json()
     assert models["data"][0]["id"] == "gpt2-random"
-    health = httpx.get(gpt2_server.url + "/health").json()
-    assert health["status"] == "ok" and health["scheduler"] == "continuous"
+    assert httpx.get(gpt2_server.url + "/health").json() == {"status": "ok"}  # no versions, no kernel
+    assert httpx.get(gpt2_server.url + "/info").json()["scheduler"] == "continuous"
     spec = httpx.get(gpt2_server.url + "/openapi.json").json()
     assert {"/v1/completions", "/v1/chat/completions", "/completions", "/v1/models"} <= set(spec["paths"])
