@@ -592,6 +592,53 @@ def _paged_prefill(
              out.to(Out.dtype.element_ty), mask=row_ok)
 
 
+def sequence_block(batch: int) -> int:
+    """How many cu_seqlens entries a prefill program scans to find its sequence (a compile-time size).
+
+    At least 64, so every batch under 64 sequences runs one compiled kernel (each size is a compilation,
+    and an engine must not compile mid-run); above that, the next power of two. Scanning 64 entries is one
+    256-byte load per program.
+    """
+    return max(64, triton.next_power_of_2(batch + 1))
+
+
+def prefill_tiles(head_dim: int) -> list[Tile]:
+    """Every tile `prefill_tile` can choose at this head_dim (decode-like chunks, short and long prompts)."""
+    return list(dict.fromkeys(prefill_tile(head_dim, n) for n in (1, 64, 4096)))
+
+
+def warm_up(k_cache: torch.Tensor, v_cache: torch.Tensor, heads_q: int, max_num_seqs: int,
+            decode_shapes: list[tuple[int, int]] = (), progress=None) -> int:
+    """Compile, before serving, every kernel variant a run over this cache can launch; returns the launches.
+
+    Prefill: each tile `prefill_tile` can pick × each `sequence_block` size up to max_num_seqs. Decode: each
+    (batch, table width) in `decode_shapes` (the split count, and so the merge kernel's size, follows from
+    them). Every launch is real but harmless: tables point at page 0, lengths are 1, only `out` is written.
+    """
+    _, block_size, heads_kv, head_dim = k_cache.shape
+    device, dtype = k_cache.device, k_cache.dtype
+    blocks = sorted({sequence_block(b) for b in range(1, max(1, max_num_seqs) + 1)})
+    jobs = [("prefill", tile, sb) for tile in prefill_tiles(head_dim) for sb in blocks]
+    jobs += [("decode", batch, width) for batch, width in decode_shapes]
+    for i, (kind, a, b) in enumerate(jobs):
+        if progress:
+            progress("Compiling attention kernels", i, len(jobs))
+        if kind == "prefill":
+            batch = b // 2 if b > 64 else 1  # sequence_block(batch) == b
+            q = torch.zeros(batch, heads_q, head_dim, device=device, dtype=dtype)
+            cu = torch.arange(batch + 1, device=device, dtype=torch.int32)
+            ones = torch.ones(batch, device=device, dtype=torch.int32)
+            tables = torch.zeros(batch, 1, device=device, dtype=torch.int32)
+            paged_prefill_attention(q, k_cache, v_cache, cu, ones, tables, tile=a)
+        else:
+            q = torch.zeros(a, heads_q, head_dim, device=device, dtype=dtype)
+            tables = torch.zeros(a, b, device=device, dtype=torch.int32)
+            paged_decode_attention(q, k_cache, v_cache, tables, torch.ones(a, device=device, dtype=torch.int32))
+    if progress:
+        progress("Compiled attention kernels", len(jobs), len(jobs))
+    return len(jobs)
+
+
 def paged_prefill_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -638,7 +685,7 @@ def paged_prefill_attention(
         *out.stride(),
         batch, heads_q // heads_kv,
         HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_M=tile.block_m, BLOCK_N=tile.block_n,
-        BLOCK_B=triton.next_power_of_2(batch + 1), PAGE_SIZE=block_size, CAUSAL=bool(causal),
+        BLOCK_B=sequence_block(batch), PAGE_SIZE=block_size, CAUSAL=bool(causal),
         WIDE_OFFSETS=needs_wide_offsets(k_cache), UNIFORM=_uniform_hint(q),
         num_warps=tile.num_warps, num_stages=tile.num_stages,
     )

@@ -239,6 +239,21 @@ def test_split_count_depends_on_shapes_only():
     assert 1 <= choose_num_splits(1, 1, 10**9, torch.device(DEVICE)) <= MAX_SPLITS
 
 
+def test_warm_up_launches_every_variant_and_writes_no_cache():
+    from ruvoninference.kernels.paged_attention import prefill_tiles, sequence_block, warm_up
+
+    assert [sequence_block(b) for b in (1, 63, 64, 127, 200)] == [64, 64, 128, 128, 256]
+    gen = torch.Generator(device=DEVICE).manual_seed(2)
+    k, v, _ = paged_cache([20, 20], 16, 2, 32, torch.float16, gen)
+    before = k.clone(), v.clone()
+    seen = []
+    launches = warm_up(k, v, 4, max_num_seqs=10, decode_shapes=[(1, 2), (3, 4)],
+                       progress=lambda text, i, n: seen.append((i, n)))
+    assert launches == len(prefill_tiles(32)) + 2  # one sequence block (64), two decode shapes
+    assert seen[-1] == (launches, launches)
+    assert torch.equal(k, before[0]) and torch.equal(v, before[1])
+
+
 def test_kernel_names_are_the_kernels_own():
     """`flash` finds our kernels in the profiler by these names: they must be the jitted functions' names."""
     from ruvoninference.kernels import KERNEL_NAMES, flash_attention, paged_attention
