@@ -91,6 +91,7 @@ COLUMNS = (  # (key, header, format)
     ("concurrency", "concurrency", "d"),
     ("completed", "ok", "d"),
     ("failed", "failed", "d"),
+    ("aborted", "aborted", "d"),
     ("duration_s", "duration s", ",.2f"),
     ("request_throughput", "req/s", ",.2f"),
     ("output_throughput", "output tok/s", ",.1f"),
@@ -109,14 +110,21 @@ COLUMNS = (  # (key, header, format)
 
 def _title(data: dict) -> str:
     c = data["config"]
-    health = data.get("server", {}).get("/health", {})
+    health = _server(data)
     who = f"{c['model']}" + (f", {health['scheduler']} scheduler" if health.get("scheduler") else "")
+    leaving = f", {c['disconnect_fraction']:.0%} of clients leave" if c.get("disconnect_fraction") else ""
     return (f"Serving benchmark: {who}; {c['num_prompts']} prompts of {c['input_len']} tokens, {c['output_len']} "
-            f"new tokens, request rate {c['request_rate']}")
+            f"new tokens, temperature {c.get('temperature', 0.0):g}, request rate {c['request_rate']}{leaving}")
+
+
+def _server(data: dict) -> dict:
+    """The server's self-description (`/info`; runs saved before it existed have `/health`)."""
+    server = data.get("server", {})
+    return server.get("/info") or server.get("/health") or {}
 
 
 def _device(data: dict) -> str:
-    env = data.get("server", {}).get("/health", {}).get("environment")
+    env = _server(data).get("environment")
     return render.environment_line(env) if env else "server device not reported"
 
 
@@ -129,7 +137,7 @@ def serve_table(data: dict):
     for run in data["runs"]:
         table.add_column(f"c={run['concurrency']}", justify="right")
     for key, header, spec in COLUMNS[1:]:
-        table.add_row(header, *(format(run[key], spec) for run in data["runs"]))
+        table.add_row(header, *(format(run.get(key, 0), spec) for run in data["runs"]))
     return table
 
 
@@ -137,7 +145,7 @@ def serve_markdown(data: dict) -> str:
     lines = [f"# {_title(data)}", "", f"Server: {_device(data)}", "", f"Command: `{data.get('command', '')}`", "",
              "| " + " | ".join(h for _, h, _ in COLUMNS) + " |", "|" + "---:|" * len(COLUMNS)]
     for run in data["runs"]:
-        lines.append("| " + " | ".join(format(run[k], s) for k, _, s in COLUMNS) + " |")
+        lines.append("| " + " | ".join(format(run.get(k, 0), s) for k, _, s in COLUMNS) + " |")
     errors = sorted({e for run in data["runs"] for e in run.get("errors", [])})
     if errors:
         lines += ["", "Errors seen: " + "; ".join(errors)]
@@ -149,7 +157,7 @@ def comparison_markdown(paths: list[str]) -> str:
     rows = []
     for path in paths:
         data = json.loads(Path(path).read_text())
-        scheduler = data.get("server", {}).get("/health", {}).get("scheduler", Path(path).stem)
+        scheduler = _server(data).get("scheduler", Path(path).stem)
         for run in data["runs"]:
             rows.append((run["concurrency"], scheduler, run))
     rows.sort(key=lambda r: (r[0], SCHEDULERS.index(r[1]) if r[1] in SCHEDULERS else 9))
@@ -178,6 +186,11 @@ def benchmark_serve(
                                                       "model).")] = None,
     ignore_eos: Annotated[bool, typer.Option(help="Generate exactly --output-len tokens.")] = True,
     seed: Annotated[int, typer.Option(help="Seed for the prompts and arrival times.")] = 0,
+    temperature: Annotated[float, typer.Option(help="The requests' temperature (1.0: what a client that sets "
+                                                    "nothing gets).")] = 1.0,
+    disconnect_fraction: Annotated[float, typer.Option(help="Fraction of clients that close the connection "
+                                                            "mid-stream (counted as aborted).")] = 0.0,
+    disconnect_after: Annotated[int, typer.Option(help="Chunks a leaving client reads first.")] = 4,
     json_path: JsonPath = None,
     markdown_path: MarkdownPath = None,
 ) -> None:
@@ -187,12 +200,17 @@ def benchmark_serve(
 
     if dataset != "random":
         raise RuvonError(f"Unknown dataset '{dataset}'; the only dataset is 'random'.")
+    if not 0.0 <= temperature <= 2.0:
+        raise RuvonError(f"--temperature must be between 0 and 2 (OpenAI's range), not {temperature}.")
+    if disconnect_after < 1:
+        raise RuvonError(f"--disconnect-after must be at least 1 chunk, not {disconnect_after}.")
     if request_rate <= 0:
         raise RuvonError(f"--request-rate must be > 0 (or inf), not {request_rate}.")
     levels = _levels(concurrency)
     with render.progress_bar() as progress:
         data = run_serve_benchmark(url, levels, num_prompts, input_len, output_len, request_rate, model=model,
-                                   ignore_eos=ignore_eos, seed=seed, progress=progress)
+                                   ignore_eos=ignore_eos, seed=seed, progress=progress, temperature=temperature,
+                                   disconnect_fraction=disconnect_fraction, disconnect_after=disconnect_after)
     data["command"] = command_line()
     console.print(serve_table(data))
     render.write_json(json_path, data)

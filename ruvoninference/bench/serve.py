@@ -9,6 +9,11 @@ requests per second. For each request it records, as vLLM's request function doe
 - E2EL: from sending to the last such chunk;
 - the output token count from the server's `usage` (we ask for it with `stream_options.include_usage`).
 
+A request that fails (an HTTP error, an error event, a cut connection) counts in `failed` with its error;
+with `disconnect_fraction` > 0, that fraction of the requests (chosen with the seed) close their
+connection after `disconnect_after` chunks, as impatient clients do: they count in `aborted`, not in the
+latencies, so a run beside one without them shows whether the others' latencies moved.
+
 and then, over the successful requests (vLLM's `calculate_metrics`):
 
 - TPOT of a request = (E2EL - TTFT) / (output tokens - 1), only for requests with more than one token;
@@ -52,6 +57,7 @@ class RequestResult:
     itl_s: list[float] = field(default_factory=list)
     text: str = ""
     error: str | None = None
+    aborted: bool = False  # the client left on purpose (disconnect_fraction)
 
 
 def random_prompts(num_prompts: int, input_len: int, seed: int = 0) -> list[str]:
@@ -59,9 +65,12 @@ def random_prompts(num_prompts: int, input_len: int, seed: int = 0) -> list[str]
     return [" ".join(rng.choice(WORDS) for _ in range(input_len)) for _ in range(num_prompts)]
 
 
-async def send_request(client: httpx.AsyncClient, url: str, payload: dict) -> RequestResult:
-    """One streaming completions request, timed as vLLM's OpenAI request function times it."""
+async def send_request(client: httpx.AsyncClient, url: str, payload: dict,
+                       leave_after: int | None = None) -> RequestResult:
+    """One streaming completions request, timed as vLLM's OpenAI request function times it; with
+    `leave_after`, the client closes the connection after that many chunks of text."""
     result = RequestResult(success=False)
+    chunks = 0
     start = time.perf_counter()
     last = start
     got_first = False
@@ -90,6 +99,10 @@ async def send_request(client: httpx.AsyncClient, url: str, payload: dict) -> Re
                         result.itl_s.append(stamp - last)
                     last = stamp
                     result.text += chunk["choices"][0].get("text") or ""
+                    chunks += 1
+                    if leave_after is not None and chunks >= leave_after:
+                        result.aborted = True
+                        return result  # leaving the `async with` closes the connection
                 elif chunk.get("usage"):
                     result.output_tokens = chunk["usage"].get("completion_tokens", 0)
                     result.prompt_tokens = chunk["usage"].get("prompt_tokens", 0)
@@ -116,13 +129,15 @@ def _summary(values: list[float], name: str) -> dict[str, float]:
 def calculate_metrics(results: list[RequestResult], duration_s: float) -> dict:
     """vLLM's serving metrics over one run's requests."""
     ok = [r for r in results if r.success]
+    aborted = [r for r in results if r.aborted]
     tpots = [(r.latency_s - r.ttft_s) / (r.output_tokens - 1) for r in ok if r.output_tokens > 1]
     itls = [gap for r in ok for gap in r.itl_s]
     total_input = sum(r.prompt_tokens for r in ok)
     total_output = sum(r.output_tokens for r in ok)
     return {
         "completed": len(ok),
-        "failed": len(results) - len(ok),
+        "failed": len(results) - len(ok) - len(aborted),
+        "aborted": len(aborted),
         "duration_s": duration_s,
         "total_input_tokens": total_input,
         "total_output_tokens": total_output,
@@ -137,15 +152,16 @@ def calculate_metrics(results: list[RequestResult], duration_s: float) -> dict:
 
 
 async def _run(url: str, payloads: list[dict], concurrency: int, request_rate: float, seed: int,
-               timeout_s: float, on_done: Callable[[], None]) -> tuple[list[RequestResult], float]:
+               timeout_s: float, on_done: Callable[[], None], leave_after: list[int | None] | None = None
+               ) -> tuple[list[RequestResult], float]:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     semaphore = asyncio.Semaphore(concurrency)
     rng = random.Random(seed)
 
     async with httpx.AsyncClient(timeout=httpx.Timeout(timeout_s), limits=limits) as client:
-        async def limited(payload: dict) -> RequestResult:
+        async def limited(payload: dict, leave: int | None) -> RequestResult:
             async with semaphore:
-                result = await send_request(client, url, payload)
+                result = await send_request(client, url, payload, leave)
             on_done()
             return result
 
@@ -154,16 +170,16 @@ async def _run(url: str, payloads: list[dict], concurrency: int, request_rate: f
         for i, payload in enumerate(payloads):
             if i and request_rate != float("inf"):
                 await asyncio.sleep(rng.expovariate(request_rate))  # Poisson arrivals
-            tasks.append(asyncio.create_task(limited(payload)))
+            tasks.append(asyncio.create_task(limited(payload, leave_after[i] if leave_after else None)))
         results = await asyncio.gather(*tasks)
         return list(results), time.perf_counter() - start
 
 
 def server_info(base_url: str, timeout_s: float = 10.0) -> dict:
-    """What the server says about itself (`/v1/models`, and our `/health`), for the record."""
+    """What the server says about itself (`/v1/models`, and our `/info`), for the record."""
     info: dict = {}
     with httpx.Client(timeout=timeout_s) as client:
-        for path in ("/v1/models", "/health"):
+        for path in ("/v1/models", "/info"):
             try:
                 response = client.get(base_url.rstrip("/") + path)
                 if response.status_code == 200:
@@ -190,6 +206,9 @@ def run_serve_benchmark(
     seed: int = 0,
     timeout_s: float = 600.0,
     progress: ProgressCallback | None = None,
+    temperature: float = 1.0,
+    disconnect_fraction: float = 0.0,
+    disconnect_after: int = 4,
 ) -> dict:
     """One run per concurrency over the same prompts, after one untimed warm-up request."""
     if not concurrencies or any(c < 1 for c in concurrencies):
@@ -200,6 +219,10 @@ def run_serve_benchmark(
         from ruvoninference.errors import RuvonError
 
         raise RuvonError("--num-prompts, --input-len and --output-len must each be at least 1.")
+    if not 0.0 <= disconnect_fraction < 1.0:
+        from ruvoninference.errors import RuvonError
+
+        raise RuvonError(f"--disconnect-fraction must be in [0, 1), not {disconnect_fraction}.")
     base_url = base_url.rstrip("/")
     url = base_url + "/v1/completions"
     info = server_info(base_url)
@@ -207,7 +230,7 @@ def run_serve_benchmark(
     prompts = random_prompts(num_prompts, input_len, seed)
 
     def payload(prompt: str) -> dict:
-        body = {"prompt": prompt, "max_tokens": output_len, "temperature": 0.0, "stream": True,
+        body = {"prompt": prompt, "max_tokens": output_len, "temperature": temperature, "stream": True,
                 "stream_options": {"include_usage": True}, "ignore_eos": ignore_eos}
         if model:
             body["model"] = model
@@ -219,6 +242,8 @@ def run_serve_benchmark(
 
         raise RuvonError(f"The warm-up request to {url} failed ({warmup.error}); is the server up and the "
                          f"model name right?")
+    chooser = random.Random(seed + 1)
+    leave_after = [disconnect_after if chooser.random() < disconnect_fraction else None for _ in prompts]
     runs = []
     for concurrency in concurrencies:
         def on_done(c: int = concurrency, done: list[int] = [0]) -> None:  # noqa: B006 (one list per level)
@@ -229,7 +254,8 @@ def run_serve_benchmark(
         if progress:
             progress(f"concurrency {concurrency}", 0, num_prompts)
         results, duration = asyncio.run(
-            _run(url, [payload(p) for p in prompts], concurrency, request_rate, seed, timeout_s, on_done))
+            _run(url, [payload(p) for p in prompts], concurrency, request_rate, seed, timeout_s, on_done,
+                 leave_after))
         errors = sorted({r.error for r in results if r.error})
         runs.append({"concurrency": concurrency, **calculate_metrics(results, duration), "errors": errors[:5]})
     return {
@@ -237,7 +263,9 @@ def run_serve_benchmark(
         "config": {"base_url": base_url, "endpoint": "/v1/completions", "model": model, "dataset": "random",
                    "num_prompts": num_prompts, "input_len": input_len, "output_len": output_len,
                    "request_rate": "inf" if request_rate == float("inf") else request_rate,
-                   "ignore_eos": ignore_eos, "temperature": 0.0, "seed": seed, "concurrencies": concurrencies},
+                   "ignore_eos": ignore_eos, "temperature": temperature, "seed": seed,
+                   "concurrencies": concurrencies, "disconnect_fraction": disconnect_fraction,
+                   "disconnect_after_chunks": disconnect_after if disconnect_fraction else None},
         "server": info,
         "runs": runs,
     }

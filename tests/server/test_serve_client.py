@@ -65,3 +65,21 @@ def test_client_against_a_fake_server(running_server, fake_openai_server):
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
     assert body["max_tokens"] == 6 and body["model"] == "fake-model" and len(body["prompt"].split()) == 5
     assert seen[-1] == (12, 12)
+
+
+def test_clients_that_leave_count_as_aborted_not_failed(running_server, fake_openai_server):
+    import random
+
+    app, state = fake_openai_server()
+    with running_server(app) as server:
+        result = run_serve_benchmark(server.url, [4], num_prompts=12, input_len=5, output_len=6,
+                                     disconnect_fraction=0.5, disconnect_after=1, seed=3)
+    (run,) = result["runs"]
+    chooser = random.Random(4)  # the benchmark's seed + 1
+    leaving = [chooser.random() < 0.5 for _ in range(12)]
+    # The fake server fails every third request it receives (4 of 12): a leaving client whose request failed
+    # counts as failed, so the aborted ones are the leaving ones among the other 8.
+    assert run["failed"] == 4 and run["completed"] == 12 - run["aborted"] - run["failed"]
+    assert sum(leaving) - 4 <= run["aborted"] <= sum(leaving) and run["aborted"] > 0
+    assert state["bodies"][-1]["temperature"] == 1.0  # what a client that sets nothing gets
+    assert result["config"]["disconnect_fraction"] == 0.5
