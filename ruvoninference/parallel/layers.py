@@ -25,6 +25,8 @@ model at size 1 runs exactly today's kernels.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -33,11 +35,26 @@ from torch import nn
 from ruvoninference.parallel.group import TPGroup
 
 
+_SKIP_COLLECTIVES = False
+
+
 def all_reduce(x: torch.Tensor, tp: TPGroup) -> torch.Tensor:
     """Sum x over the ranks, in place (every rank ends with the same tensor)."""
-    if tp.world_size > 1:
+    if tp.world_size > 1 and not _SKIP_COLLECTIVES:
         dist.all_reduce(x, group=tp.group)
     return x
+
+
+@contextmanager
+def without_collectives():
+    """For measurement only: the sharded model skips its all-reduces and all-gathers (its outputs are then
+    wrong), so a step timed inside minus the same step timed outside is what the communication costs."""
+    global _SKIP_COLLECTIVES
+    _SKIP_COLLECTIVES = True
+    try:
+        yield
+    finally:
+        _SKIP_COLLECTIVES = False
 
 
 class ColumnParallelLinear(nn.Module):
@@ -105,7 +122,7 @@ class VocabGather(nn.Module):
         self.vocab_size, self.tp = vocab_size, tp
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.tp.world_size == 1:
+        if self.tp.world_size == 1 or _SKIP_COLLECTIVES:
             return logits
         gathered = logits.new_empty(self.tp.world_size * logits.shape[0], logits.shape[1])  # (ranks·N, V/ranks)
         dist.all_gather_into_tensor(gathered, logits.contiguous(), group=self.tp.group)
