@@ -55,6 +55,13 @@ SIZE1_KV = 16 << 30  # every engine of the size-1 comparison gets the same cache
 MiB = 2**20
 
 
+def checkpoint(args: argparse.Namespace, result: dict, tp: TPGroup | None = None) -> None:
+    """Write what is measured so far (rank 0), so a run stopped at its time limit still leaves its results."""
+    if args.json and (tp is None or tp.is_driver):
+        with open(args.json, "w") as f:
+            json.dump({**result, "partial": True}, f, indent=1, default=str)
+
+
 def _free() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -181,10 +188,13 @@ def run_rank(tp: TPGroup, args: argparse.Namespace) -> dict | None:
                                   "num_blocks": engine.block_manager.num_blocks}
         del engine
         _free()
+        checkpoint(args, result, tp)
     engine = lockstep_engine(bundle, args.attn, tp, **kw)
     result["memory"] = _memory(engine, bundle)
     result["batch1"] = batch1(engine, args.repeats, prompt)
+    checkpoint(args, result, tp)
     result["throughput"] = throughput(engine, args.num_seqs, args.temperature, args.max_len)
+    checkpoint(args, result, tp)
     result["blocks_free_after"] = engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
     del engine
     _free()
@@ -210,15 +220,11 @@ def size1(args: argparse.Namespace) -> dict:
     allreduce = [allreduce_latency(tp, n * 1024, dtype) for n in (1, 64)]  # NCCL starts and captures at size 1
     today = load_model(args.model, device, dtype)
     sharded = load_shard(args.model, device, dtype, tp)
-    prompts = [list(range(7, 7 + n)) for n in (5, 17, 40, 3)]
-    greedy = SamplingParams(max_tokens=32, ignore_eos=True)
-    tokens = {}
-    for attn in map(str, get_available_implementations(device)):
-        a = [o.token_ids for o in Engine(today, attn=attn, max_batch_size=8, kv_cache_memory=SIZE1_KV).generate(
-            prompts, greedy)]
-        b = [o.token_ids for o in Engine(sharded, attn=attn, max_batch_size=8, kv_cache_memory=SIZE1_KV).generate(
-            prompts, greedy)]
-        tokens[attn] = {"equal": a == b, "today": a, "sharded_size1": b}
+    result = {"config": {"model": args.model, "dtype": dtype_name(dtype), "attn": args.attn,
+                         "max_batch_size": args.max_batch_size, "num_seqs": args.num_seqs, "max_len": args.max_len,
+                         "temperature": args.temperature, "repeats": args.repeats, "cuda_graphs": True,
+                         "kv_cache_memory": SIZE1_KV},
+              "nccl_size1_allreduce": allreduce}
     kw = {"attn": args.attn, "max_batch_size": args.max_batch_size, "kv_cache_memory": SIZE1_KV,
           "max_num_batched_tokens": args.max_num_batched_tokens}
     engines = {"today": Engine(today, **kw), "sharded_size1": Engine(sharded, **kw)}
@@ -231,13 +237,24 @@ def size1(args: argparse.Namespace) -> dict:
             tput[name].append(throughput(engine, args.num_seqs, args.temperature, args.max_len)["output_tokens_per_s"])
     med = {k: {"batch1_tokens_per_s": statistics.median(b1[k]), "throughput_tokens_per_s": statistics.median(tput[k]),
                "batch1_runs": b1[k], "throughput_runs": tput[k]} for k in engines}
-    ratio = {m: med["sharded_size1"][m] / med["today"][m] for m in ("batch1_tokens_per_s", "throughput_tokens_per_s")}
+    result["cost"] = med
+    result["sharded_over_today"] = {m: med["sharded_size1"][m] / med["today"][m]
+                                    for m in ("batch1_tokens_per_s", "throughput_tokens_per_s")}
+    del engines
+    torch.cuda.empty_cache()
+    checkpoint(args, result)
+    prompts = [list(range(7, 7 + n)) for n in (5, 17, 40, 3)]
+    greedy = SamplingParams(max_tokens=32, ignore_eos=True)
+    result["tokens_equal_per_backend"] = {}
+    for attn in map(str, get_available_implementations(device)):
+        outs = [[o.token_ids for o in Engine(b, attn=attn, max_batch_size=8, kv_cache_memory=SIZE1_KV).generate(
+            prompts, greedy)] for b in (today, sharded)]
+        result["tokens_equal_per_backend"][attn] = {"equal": outs[0] == outs[1], "today": outs[0],
+                                                    "sharded_size1": outs[1]}
+        torch.cuda.empty_cache()
+        checkpoint(args, result)
     dist.destroy_process_group()
-    return {"config": {"model": args.model, "dtype": dtype_name(dtype), "attn": args.attn,
-                       "max_batch_size": args.max_batch_size, "num_seqs": args.num_seqs,
-                       "temperature": args.temperature, "repeats": args.repeats, "cuda_graphs": True},
-            "tokens_equal_per_backend": tokens, "cost": med, "sharded_over_today": ratio,
-            "nccl_size1_allreduce": allreduce}
+    return result
 
 
 def agreement(a: list[list[int]], b: list[list[int]]) -> list[int]:
