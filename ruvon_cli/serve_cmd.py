@@ -32,6 +32,8 @@ def serve(
     dtype: Dtype = None,
     kv_cache_memory: KvCacheMemory = None,
     enforce_eager: Annotated[bool, typer.Option("--enforce-eager", help="No CUDA graphs.")] = False,
+    mixed_batches: Annotated[bool, typer.Option(help="Let decodes ride along in prefill steps (continuous "
+                                                     "scheduler).")] = True,
     served_model_name: Annotated[Optional[str], typer.Option(
         help="The name clients use in `model` (default: --model).")] = None,
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every HTTP request.")] = False,
@@ -62,7 +64,7 @@ def serve(
         raise RuvonError(f"Port {port} is not a TCP port; use a number from 1 to 65535.")
     settings = EngineSettings(
         model=model, attn=attn, device=device, dtype=dtype, scheduler=scheduler, max_batch_size=max_batch_size,
-        max_queue=max_queue, enforce_eager=enforce_eager,
+        max_queue=max_queue, enforce_eager=enforce_eager, extra={} if mixed_batches else {"mixed_batches": False},
         kv_cache_memory=kv_cache_budget(kv_cache_memory, device),
     )
     app = create_app(settings, served_model_name, api_key=api_key, max_request_bytes=max_request_bytes)
