@@ -12,6 +12,9 @@ from ruvon_cli.common import (
     Scheduler, build_engine, command_line, engine_config, friendly, pick_implementations,
 )
 from ruvon_cli.render import console, err_console
+from ruvon_cli.spec_cmd import (
+    DraftModel, NgramMax, NumSpeculativeTokens, Speculative, speculation_line, speculative_options,
+)
 
 
 @friendly
@@ -34,6 +37,10 @@ def generate(
     block_size: BlockSize = None,
     kv_cache_memory: KvCacheMemory = None,
     enforce_eager: EnforceEager = False,
+    speculative: Speculative = None,
+    num_speculative_tokens: NumSpeculativeTokens = 4,
+    draft_model: DraftModel = None,
+    ngram_max: NgramMax = 4,
     json_path: JsonPath = None,
 ) -> None:
     """Stream a continuation of --text (or run several prompts as a batch), then show what the run measured."""
@@ -54,8 +61,9 @@ def generate(
     from ruvoninference.environment import describe
     from ruvoninference.stats import generation_stats, kv_cache_use, peak_memory, reset_peak_memory
 
+    spec = speculative_options(speculative, num_speculative_tokens, draft_model, ngram_max)
     engine = build_engine(model, attn, device, dtype, scheduler, max_batch_size, block_size, kv_cache_memory,
-                          enforce_eager)
+                          enforce_eager, **spec)
     prompt_ids = [engine.encode(t) for t in text]
     for ids in prompt_ids:  # a prompt that does not fit fails before any output
         engine.check_request(ids, sampling)
@@ -96,6 +104,8 @@ def generate(
     stats = generation_stats(outputs, start, end, peak, kind).to_dict()
     stats.update(kv_cache_use(engine.kv_cache.nbytes, engine.block_manager.num_blocks * engine.block_size,
                               engine.bundle.config.kv_bytes_per_token(engine.dtype), outputs))
+    if engine.speculator is not None:
+        console.print(speculation_line(engine.speculator.stats))
     if not streaming:  # soft_wrap: the terminal wraps long lines; no line breaks are added to the text
         for prompt, out in zip(text, outputs):
             console.print(prompt, end="", style="bold", highlight=False, soft_wrap=True)
@@ -109,7 +119,8 @@ def generate(
         "config": {"model": model, "attn": str(engine.attn), "device": str(engine.device),
                    "dtype": dtype_name(engine.dtype), "max_tokens": max_tokens, "temperature": temperature,
                    "top_k": top_k, "top_p": top_p, "seed": seed, "stop": stop or [], "ignore_eos": ignore_eos,
-                   **engine_config(engine)},
+                   **engine_config(engine), **spec},
+        "speculative": engine.speculator.stats.as_dict() if engine.speculator is not None else None,
         "environment": describe(engine.device),
         "outputs": [{"prompt": t, "prompt_token_ids": o.prompt_token_ids, "text": o.text, "token_ids": o.token_ids,
                      "finish_reason": o.finish_reason} for t, o in zip(text, outputs)],

@@ -129,3 +129,18 @@ class BlockManager:
     def append_slot(self, seq: Sequence) -> None:
         if len(seq.block_table) * self.block_size < seq.num_tokens:
             seq.block_table.append(self._take_free())
+
+    def reserve(self, seq: Sequence, num_tokens: int) -> None:
+        """Slots for num_tokens tokens (speculative decoding: the step also computes guessed tokens)."""
+        for _ in range(self.blocks_for(num_tokens) - len(seq.block_table)):
+            seq.block_table.append(self._take_free())
+
+    def trim(self, seq: Sequence) -> None:
+        """Give back the blocks past the sequence's tokens (reserved for guesses that were rejected)."""
+        keep = self.blocks_for(seq.num_tokens)
+        for block_id in reversed(seq.block_table[keep:]):
+            block = self.blocks[block_id]
+            block.ref_count -= 1
+            if block.ref_count == 0:
+                self._free[block_id] = None
+        del seq.block_table[keep:]

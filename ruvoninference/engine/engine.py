@@ -28,6 +28,7 @@ from ruvoninference.engine.kv_cache import allocate_kv_cache, bytes_per_block
 from ruvoninference.engine.model_runner import ModelRunner
 from ruvoninference.engine.scheduler import ScheduledBatch, Scheduler
 from ruvoninference.engine.sequence import Sequence, new_request_id
+from ruvoninference.engine.speculative import check_speculative, make_speculator
 from ruvoninference.errors import RuvonError
 from ruvoninference.models import ModelBundle, load_model
 from ruvoninference.engine.sampler import SamplerOutput, SamplingTensors, sample
@@ -46,6 +47,11 @@ class StepOutput:
     finished: bool
     finish_reason: str | None
     new_logprobs: list[TokenLogprob] = field(default_factory=list)
+
+    def extend(self, later: StepOutput) -> StepOutput:
+        """This step's output followed by a later token's (speculative decoding emits several a step)."""
+        return StepOutput(self.request_id, self.new_token_ids + later.new_token_ids, self.new_text + later.new_text,
+                          later.finished, later.finish_reason, self.new_logprobs + later.new_logprobs)
 
 
 @dataclass
@@ -83,7 +89,13 @@ class Engine:
         enable_prefix_caching: bool = True,
         mixed_batches: bool = True,
         progress: ProgressCallback | None = None,
+        speculative: str | None = None,
+        num_speculative_tokens: int = 4,
+        draft_model: str | ModelBundle | None = None,
+        ngram_max: int = 4,
+        speculative_max_batch: int | None = None,
     ):
+        check_speculative(speculative, num_speculative_tokens, ngram_max, draft_model)
         self.attn = parse_implementation(attn)
         if isinstance(model, ModelBundle):
             self.device, self.dtype = model.device, model.dtype
@@ -116,6 +128,8 @@ class Engine:
         self.generator = torch.Generator(device=self.device)  # unseeded draws; seeded rows bring their own
         self.generator.seed()
         self.num_prefill_tokens = 0  # tokens computed in prefill steps (a prefix-cache hit saves some)
+        self.speculator = make_speculator(self, speculative, num_speculative_tokens, draft_model, ngram_max,
+                                          progress, speculative_max_batch) if speculative else None
         self.num_steps = 0
 
     # -- sizing ---------------------------------------------------------------------------------------
@@ -218,6 +232,8 @@ class Engine:
     def abort(self, request_id: str) -> None:
         seq = self._seqs.pop(request_id, None)
         if seq is not None:
+            if self.speculator is not None:
+                self.speculator.forget(request_id)
             self.scheduler.finish(seq, "abort")
             seq.finish_time = time.perf_counter()
             seq.finish_text(self.tokenizer)
@@ -239,6 +255,9 @@ class Engine:
     # -- the step -------------------------------------------------------------------------------------
 
     def step(self) -> list[StepOutput]:
+        spec = self.speculator
+        if spec is not None:
+            spec.propose(self.scheduler.running)  # guesses for the decoding sequences (seq.spec_token_ids)
         batch = self.scheduler.schedule()
         if batch is None:
             return []
@@ -247,14 +266,22 @@ class Engine:
         if not producing:
             return []
         seqs = [batch.seqs[i] for i in producing]
-        tensors = SamplingTensors.from_sequences(seqs, self.device, logits.shape[1], pin=self.device.type == "cuda")
-        return self._postprocess(seqs, sample(logits, tensors, self.generator))
+        positions = spec.positions(seqs) if spec is not None else None
+        tensors = SamplingTensors.from_sequences(seqs, self.device, logits.shape[1], positions,
+                                                 pin=self.device.type == "cuda")
+        sampled = sample(logits, tensors, self.generator)
+        if spec is None:
+            return self._postprocess(seqs, sampled)
+        seqs, sampled = spec.accept(seqs, logits, tensors, sampled)  # each sequence's accepted rows
+        outputs = self._postprocess(seqs, sampled)
+        spec.settle(batch)
+        return outputs
 
     def _advance(self, batch: ScheduledBatch) -> None:
         """The step's tokens are in the cache now: count them, and offer full blocks to the prefix cache."""
         self.num_steps += 1
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
-            seq.num_computed_tokens += n
+            seq.num_computed_tokens += n - len(seq.spec_token_ids)  # accepted guesses count once verified
             self.block_manager.commit_full_blocks(seq)
         self.num_prefill_tokens += sum(batch.num_new_tokens[:batch.num_prefill])
 
@@ -264,6 +291,8 @@ class Engine:
         now = time.perf_counter()
         outputs = []
         for row, seq in enumerate(seqs):
+            if seq.finished:
+                continue  # speculative decoding: a token after the one that finished the sequence
             lp = None
             if row in logprobs:
                 n = seq.sampling.logprobs
@@ -273,11 +302,16 @@ class Engine:
             delta = seq.append_token(tokens[row], lp)
             if seq.finish_reason is not None:
                 self._finish(seq, now)
-            outputs.append(StepOutput(seq.request_id, [tokens[row]], delta, seq.finished, seq.finish_reason,
-                                      [lp] if lp is not None else []))
+            out = StepOutput(seq.request_id, [tokens[row]], delta, seq.finished, seq.finish_reason,
+                             [lp] if lp is not None else [])
+            if outputs and outputs[-1].request_id == seq.request_id:  # several tokens in one step (speculation)
+                out = outputs.pop().extend(out)
+            outputs.append(out)
         return outputs
 
     def _finish(self, seq: Sequence, now: float) -> None:
+        if self.speculator is not None:
+            self.speculator.forget(seq.request_id)
         self.scheduler.finish(seq, seq.finish_reason)
         self._seqs.pop(seq.request_id, None)
         seq.finish_time = now

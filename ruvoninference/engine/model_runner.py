@@ -142,16 +142,18 @@ class ModelRunner:
         for i in range(batch.num_prefill):
             seq, n = batch.seqs[i], batch.num_new_tokens[i]
             start, end = seq.num_computed_tokens, seq.num_computed_tokens + n
-            input_ids += seq.token_ids[start:end]
+            tokens = seq.token_ids + seq.spec_token_ids if seq.spec_token_ids else seq.token_ids
+            input_ids += tokens[start:end]
             positions += range(start, end)
             slots += [self._slot(seq, p) for p in range(start, end)]
             cu_q.append(cu_q[-1] + n)
             cu_k.append(cu_k[-1] + end)
             query_lens.append(n)
             context_lens.append(end)
-            if end == seq.num_tokens:  # the chunk that completes the sequence's tokens produces the next one
-                rows.append(cu_q[-1] - 1)
-                producing.append(i)
+            if end == len(tokens):  # the chunk that completes the sequence's tokens produces the next one
+                guesses = len(seq.spec_token_ids)  # speculative decoding: every guess's row samples too
+                rows += range(cu_q[-1] - 1 - guesses, cu_q[-1])
+                producing += [i] * (1 + guesses)
         width = -(-max(context_lens) // self.block_size)
         return PrefillMetadata(
             cu_seqlens_q=self._tensor(cu_q, torch.int32),

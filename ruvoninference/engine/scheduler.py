@@ -91,17 +91,18 @@ class Scheduler:
 
     def schedule(self) -> ScheduledBatch | None:
         decodes = self._schedule_decodes() if self.mixed else []
-        budget = self.max_num_batched_tokens - len(decodes)
+        verify, decodes = _split_speculative(decodes)
+        budget = self.max_num_batched_tokens - len(decodes) - sum(1 + len(s.spec_token_ids) for s in verify)
         seqs, counts = self._schedule_prefills(budget)
-        if seqs or decodes:
-            return ScheduledBatch(seqs + decodes, counts + [1] * len(decodes), len(seqs))
+        if seqs or decodes or verify:
+            return _batch(verify, seqs, counts, decodes)
         if self.mixed or not self.running:
             return None
         self._forming = False
-        decodes = self._schedule_decodes()
-        if not decodes:
+        verify, decodes = _split_speculative(self._schedule_decodes())
+        if not decodes and not verify:
             return self.schedule()  # everything was preempted: admit again (the oldest fits alone)
-        return ScheduledBatch(decodes, [1] * len(decodes), 0)
+        return _batch(verify, [], [], decodes)
 
     @staticmethod
     def _prefilling(seq: Sequence) -> bool:
@@ -156,6 +157,7 @@ class Scheduler:
     def preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
         self.block_manager.free(seq)
+        seq.spec_token_ids = []
         seq.status = SequenceStatus.WAITING
         seq.num_computed_tokens = seq.num_cached_tokens = 0
         self.waiting.appendleft(seq)
@@ -170,3 +172,13 @@ class Scheduler:
             self.waiting.remove(seq)
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = seq.finish_reason or reason
+
+
+def _split_speculative(decodes: list[Sequence]) -> tuple[list[Sequence], list[Sequence]]:
+    """Decodes carrying guesses (speculative decoding) verify 1 + k tokens: they run with the varlen chunks."""
+    return [s for s in decodes if s.spec_token_ids], [s for s in decodes if not s.spec_token_ids]
+
+
+def _batch(verify, seqs, counts, decodes) -> ScheduledBatch:
+    return ScheduledBatch(verify + seqs + decodes, [1 + len(s.spec_token_ids) for s in verify] + counts
+                          + [1] * len(decodes), len(verify) + len(seqs))

@@ -55,6 +55,8 @@ class Sequence:
     # Text: an IncrementalDetokenizer when someone reads text as it is produced (a stream, stop strings),
     # else None and the output is decoded once when the sequence finishes.
     detokenizer: IncrementalDetokenizer | None = None
+    # Speculative decoding: guessed next tokens this step verifies (engine/speculative.py); never in token_ids.
+    spec_token_ids: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.token_ids:

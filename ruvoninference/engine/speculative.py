@@ -326,7 +326,7 @@ class DraftProposer:
                 batch = ScheduledBatch(batch_seqs, [s.num_uncomputed_tokens for s in batch_seqs], len(batch_seqs))
             else:
                 batch = ScheduledBatch(batch_seqs, [1] * len(batch_seqs), 0)
-            logits, producing = self.runner.run(batch)
+            logits, _ = self.runner.run(batch)
             for s, n in zip(batch_seqs, batch.num_new_tokens):
                 s.num_computed_tokens += n
             tokens, q = probs_fn([seqs[i] for i in live], logits, [shadows[i].num_tokens for i in live])
@@ -432,8 +432,6 @@ class Speculator:
 
     def _draft_probs_fn(self, seqs, logits: torch.Tensor, positions: list[int]):
         """The draft's guesses (argmax when greedy, a draw from q otherwise) and q itself when sampling."""
-        from ruvoninference.engine.sampler import SamplingTensors
-
         if all(s.sampling.greedy for s in seqs):
             return logits.argmax(-1), None
         q = self._probs(seqs, logits, positions)

@@ -1,17 +1,28 @@
 """Speculative decoding: the proposers' matches, exact acceptance (greedy cases, a chi-square test of the
 rejection sampler with a deliberately bad draft), batch-independent randomness."""
 
+import dataclasses
 import random
 
 import pytest
 import torch
 
-from ruvoninference.engine.speculative import (
-    STREAM_ACCEPT, STREAM_DRAFT, NgramProposer, accept_point_mass, check_speculative, ngram_propose, race,
-    rejection_sample, stream_keys,
-)
+from ruvoninference.engine import Engine, SamplingParams
+from ruvoninference.engine.kv_cache import bytes_per_block
 from ruvoninference.engine.sampler import seeded_exponentials, uniforms
+from ruvoninference.engine.speculative import (
+    STREAM_ACCEPT,
+    STREAM_DRAFT,
+    NgramProposer,
+    accept_point_mass,
+    check_speculative,
+    ngram_propose,
+    race,
+    rejection_sample,
+    stream_keys,
+)
 from ruvoninference.errors import RuvonError
+from ruvoninference.models import load_model
 
 
 def chi_square_p_value(counts: torch.Tensor, probs: torch.Tensor) -> float:
@@ -145,3 +156,110 @@ def test_point_mass_acceptance_with_temperature_is_the_targets_draw():
 def test_bad_settings_are_one_sentence(args, match):
     with pytest.raises(RuvonError, match=match):
         check_speculative(*args)
+
+
+# -- in the engine: the same tokens as without speculation ----------------------------------------------
+
+CPU = torch.device("cpu")
+# Prompts whose continuation may copy from them (the n-gram proposer's case), and one that does not.
+COPY = "Repeat the list: apples, pears, plums, figs, dates. Again: apples, pears, plums, figs, dates. Again: apples,"
+FREE = "The weather in the mountains"
+
+
+@pytest.fixture(scope="module")
+def bundles():
+    return {name: load_model(name, CPU, torch.float32) for name in ("gpt2-random", "smollm2-135m")}
+
+
+@pytest.fixture(scope="module")
+def bad_draft():
+    """gpt2-random with noise on its weights: the same tokenizer, other guesses (acceptance well below 1)."""
+    bundle = load_model("gpt2-random", CPU, torch.float32)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in bundle.model.parameters():
+            if p.dim() == 2:
+                p.add_(torch.randn(p.shape, generator=gen) * p.std() * 0.1)
+    return bundle
+
+
+def make_engine(bundle, blocks=64, block_size=16, **kw):
+    return Engine(bundle, "sdpa", block_size=block_size,
+                  kv_cache_memory=blocks * bytes_per_block(bundle.config, block_size, torch.float32), **kw)
+
+
+def tokens_of(outputs):
+    return [o.token_ids for o in outputs]
+
+
+@pytest.mark.parametrize("name", ["gpt2-random", "smollm2-135m"])
+def test_ngram_greedy_equals_plain_decoding_and_speculates(bundles, name):
+    bundle = bundles[name]
+    sampling = SamplingParams(max_tokens=23, ignore_eos=True)
+    want = tokens_of(make_engine(bundle).generate([COPY, FREE], sampling))
+    eng = make_engine(bundle, speculative="ngram", num_speculative_tokens=4)
+    assert tokens_of(eng.generate([COPY, FREE], sampling)) == want
+    stats = eng.speculator.stats
+    assert stats.num_accepted_tokens > 0 and stats.mean_tokens_per_step > 1
+    assert eng.block_manager.num_free_blocks == eng.block_manager.num_blocks
+
+
+def test_draft_greedy_equals_plain_decoding_with_a_bad_draft(bundles, bad_draft):
+    bundle = bundles["gpt2-random"]
+    sampling = SamplingParams(max_tokens=21, ignore_eos=True)
+    want = tokens_of(make_engine(bundle).generate([COPY, FREE], sampling))
+    eng = make_engine(bundle, speculative="draft", num_speculative_tokens=3, draft_model=bad_draft)
+    assert tokens_of(eng.generate([COPY, FREE], sampling)) == want
+    stats = eng.speculator.stats
+    assert 0 < stats.acceptance_rate < 0.9  # some guesses kept, some rejected: both paths ran
+    assert eng.block_manager.num_free_blocks == eng.block_manager.num_blocks
+    # The draft is level with every sequence once they are gone: its cache is empty again.
+    draft_blocks = eng.speculator.draft.block_manager
+    assert draft_blocks.num_free_blocks == draft_blocks.num_blocks
+
+
+@pytest.mark.parametrize("method", ["ngram", "draft"])
+def test_requests_finishing_mid_guess_stop_where_plain_decoding_stops(bundles, bad_draft, method):
+    """EOS, a stop string and max_tokens falling inside a step's accepted guesses, under cache pressure
+    (a batch of 3 in 7 blocks of 16: preemptions), end exactly as without speculation."""
+    bundle = bundles["gpt2-random"]
+    plain = make_engine(bundle).generate([COPY], SamplingParams(max_tokens=24, ignore_eos=True))[0]
+    eos = plain.token_ids[9]  # a token the model produces mid-output becomes EOS
+    first_eos = plain.token_ids.index(eos)
+    stop_text = bundle.tokenizer.decode(plain.token_ids[5:7])
+    bundle_eos = dataclasses.replace(bundle, eos_token_ids=frozenset({eos}))
+    params = [SamplingParams(max_tokens=24), SamplingParams(max_tokens=24, stop=(stop_text,), ignore_eos=True),
+              SamplingParams(max_tokens=13, ignore_eos=True)]
+    prompts = [COPY, COPY, COPY + " figs"]
+    want = make_engine(bundle_eos).generate(prompts, params)
+    assert len(want[0].token_ids) == first_eos + 1 and want[0].finish_reason == "stop"
+    spec = {"speculative": method, "num_speculative_tokens": 4, "draft_model": bad_draft if method == "draft" else None}
+    eng = make_engine(bundle_eos, blocks=7, max_batch_size=3, **spec)
+    streamed: dict[str, list[int]] = {}
+    got = eng.generate(prompts, params, on_output=lambda o: streamed.setdefault(o.request_id, []).extend(
+        o.new_token_ids))
+    assert [(o.token_ids, o.text, o.finish_reason) for o in got] == [
+        (o.token_ids, o.text, o.finish_reason) for o in want]
+    assert [streamed[o.request_id] for o in got] == [o.token_ids for o in got]  # the stream says the same
+    assert eng.scheduler.num_preemptions >= 1 and eng.speculator.stats.num_accepted_tokens > 0
+    assert eng.block_manager.num_free_blocks == eng.block_manager.num_blocks
+
+
+@pytest.mark.parametrize("method", ["ngram", "draft"])
+def test_a_seeded_request_gives_the_same_tokens_alone_or_batched(bundles, bad_draft, method):
+    bundle = bundles["gpt2-random"]
+    seeded = SamplingParams(temperature=0.8, top_k=50, seed=1234, max_tokens=16, ignore_eos=True, logprobs=2)
+    spec = {"speculative": method, "num_speculative_tokens": 3, "draft_model": bad_draft if method == "draft" else None}
+    alone = make_engine(bundle, **spec).generate([COPY], seeded)[0]
+    others = SamplingParams(temperature=1.0, max_tokens=16, ignore_eos=True)
+    batched = make_engine(bundle, **spec).generate([FREE, COPY, FREE], [others, seeded, others])[1]
+    assert batched.token_ids == alone.token_ids
+    assert [lp.token_id for lp in alone.logprobs] == alone.token_ids
+    assert [lp.logprob for lp in batched.logprobs] == pytest.approx([lp.logprob for lp in alone.logprobs], abs=1e-4)
+    if method == "ngram":  # a deterministic guess is kept exactly when the target's own draw equals it
+        assert alone.token_ids == make_engine(bundle).generate([COPY], seeded)[0].token_ids
+
+
+def test_a_draft_with_another_vocabulary_is_refused_in_one_sentence(bundles):
+    with pytest.raises(RuvonError, match="shares the target's tokenizer"):
+        make_engine(bundles["smollm2-135m"], speculative="draft", draft_model=bundles["gpt2-random"])
