@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
 # The engine's GPU checks and benchmarks, in as few device calls as possible.
 #   scripts/gpu_engine.sh tests        # GPU engine tests, batch-1 benchmarks vs HF generate (gpt2-random, smollm2)
-#   scripts/gpu_engine.sh throughput   # benchmark throughput (qwen3-0.6b-random, bf16) vs transformers' continuous
-#                                      # batching; triton backend; the three schedulers on one workload at max
-#                                      # batch 16 and 64
-# (PYTEST_K=... passes -k to the tests, e.g. "not smollm2" when the GGUF was not carried.)
-# Wheels the device image lacks come from .whl (flash-attn), .whl_small (gguf) and .whl_serve; the SmolLM2 GGUF
-# from /tmp/g/model.gguf (it is larger than one call may carry: it arrives in two halves, see docs/benchmarks).
-# Writes under $OUT/r and packs everything into $OUT/results-<stage>.tgz.
+#   scripts/gpu_engine.sh throughput   # benchmark throughput, qwen3-0.6b-random bf16, nano-vllm's bench.py workload
+#                                      # (the command's default): temperature 0.6 and greedy, FA2 and triton backends,
+#                                      # nano-vllm's batch limits (512 sequences, 16,384 tokens); FA2 beside
+#                                      # transformers' continuous batching, warmed, at the same temperature
+#   scripts/gpu_engine.sh schedulers   # the three schedulers on one workload at max batch 16 and 64
+#   scripts/gpu_engine.sh cpu          # NOT a device call: issue 21's CPU measurement on this machine (2 cores,
+#                                      # gpt2-random fp32, batch 32, sampled vs greedy) into docs/benchmarks/cpu-engine-core
 set -uo pipefail
-stage=${1:?tests or throughput}
+stage=${1:?tests, throughput, schedulers or cpu}
+if [ "$stage" = cpu ]; then
+  D=docs/benchmarks/cpu-engine-core
+  exec uv run cli.py benchmark throughput --model gpt2-random --dtype float32 --device cpu --max-batch-size 32 \
+      --num-seqs 64 --min-input-len 32 --max-input-len 256 --min-output-len 32 --max-output-len 128 \
+      --temperature 0.6 --json $D/throughput-gpt2-random-sampled.json --markdown $D/throughput-gpt2-random-sampled.md
+fi
 OUT=${OUT:-$PWD/out}
 R=$OUT/r
 mkdir -p "$R"
@@ -30,16 +36,21 @@ if [ "$stage" = tests ]; then
   run python3 cli.py benchmark --model gpt2-random --max-tokens 128 --detailed --enforce-eager --attn sdpa \
       --attn flash_attention_2 --json "$R/batch1-gpt2-random-no-graphs.json" \
       --markdown "$R/batch1-gpt2-random-no-graphs.md"
-else
-  run python3 cli.py benchmark throughput --model qwen3-0.6b-random --dtype bfloat16 --attn flash_attention_2 \
-      --baseline hf --json "$R/throughput-qwen3-fa2.json" --markdown "$R/throughput-qwen3-fa2.md"
-  run python3 cli.py benchmark throughput --model qwen3-0.6b-random --dtype bfloat16 --attn triton \
+elif [ "$stage" = throughput ]; then
+  nano=(--model qwen3-0.6b-random --dtype bfloat16 --max-batch-size 512 --max-num-batched-tokens 16384
+        --temperature 0.6)
+  run python3 cli.py benchmark throughput "${nano[@]}" --attn flash_attention_2 --baseline hf \
+      --json "$R/throughput-qwen3-fa2.json" --markdown "$R/throughput-qwen3-fa2.md"
+  run python3 cli.py benchmark throughput "${nano[@]}" --attn triton \
       --json "$R/throughput-qwen3-triton.json" --markdown "$R/throughput-qwen3-triton.md"
+elif [ "$stage" = schedulers ]; then
   for batch in 16 64; do
     run python3 cli.py benchmark throughput --model qwen3-0.6b-random --dtype bfloat16 --attn flash_attention_2 \
         --num-seqs 64 --max-input-len 512 --max-output-len 512 --max-batch-size $batch \
         --scheduler sequential --scheduler static --scheduler continuous \
         --json "$R/schedulers-qwen3-batch$batch.json" --markdown "$R/schedulers-qwen3-batch$batch.md"
   done
+else
+  echo "unknown stage '$stage': tests, throughput, schedulers or cpu" >&2; exit 2
 fi
 tar czf "$OUT/results-$stage.tgz" -C "$R" .

@@ -102,3 +102,100 @@ def test_paged_report_tables_every_cell_and_ratio():
     text = paged_markdown(paged_report_from_dict(report.to_dict()), "cmd")
     assert "| 32/8 x 128 | 8 | 4096 | 4 | 10.0 | 8.0 | 16.0 | 40.0 |" in text
     assert "| 1.60 | 2.00 | 2.00 |" in text and "| 0.90 | 1.80 |" in text
+
+
+# -- benchmark throughput -----------------------------------------------------------------------------------------
+
+
+def _bench_py_draws(num_seqs, input_lens, output_lens, max_id):
+    """nano-vllm's bench.py, written out call by call: per prompt its length then its ids, then every max_tokens."""
+    import random
+
+    random.seed(0)
+    prompts = []
+    for _ in range(num_seqs):
+        length = random.randint(*input_lens)
+        prompts.append([random.randint(0, max_id) for _ in range(length)])
+    return prompts, [random.randint(*output_lens) for _ in range(num_seqs)]
+
+
+def test_nano_vllm_workload_is_bench_py_seed_0():
+    from ruvoninference.bench.throughput import make_workload, nano_vllm_workload
+
+    w = nano_vllm_workload()
+    prompts, outs = _bench_py_draws(256, (100, 1024), (100, 1024), 10_000)
+    assert w.prompts[0] == prompts[0] and w.output_lens[:3] == outs[:3]  # the known first values
+    assert w.prompts == prompts and w.output_lens == outs
+    assert w.num_output_tokens == sum(outs) and w.spec["token_ids"] == [0, 10_000]
+    # The CLI's defaults give exactly this workload; a vocabulary below 10,001 ids keeps the order, clipped.
+    assert make_workload("nano-vllm", 151_936, 256, (100, 1024), (100, 1024), 0).prompts == prompts
+    small = make_workload("nano-vllm", 1000, 4, (5, 9), (2, 3), 0)
+    assert (small.prompts, small.output_lens) == _bench_py_draws(4, (5, 9), (2, 3), 999)
+    random_one = make_workload("random", 50, 3, (4, 6), (2, 2), 0)
+    assert all(4 <= len(p) <= 6 and max(p) < 50 for p in random_one.prompts) and random_one.output_lens == [2] * 3
+    with pytest.raises(RuvonError, match="Unknown workload 'x'"):
+        make_workload("x", 50, 1, (1, 1), (1, 1))
+
+
+def _throughput_cli(*args):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "100"}
+    env.pop("TRITON_INTERPRET", None)
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, str(root / "cli.py"), "benchmark", "throughput", "--model", "gpt2-random",
+                           *args], capture_output=True, text=True, timeout=1800, cwd=root, env=env)
+
+
+TINY_WORKLOAD = ["--num-seqs", "3", "--min-input-len", "8", "--max-input-len", "16", "--min-output-len", "2",
+                 "--max-output-len", "4", "--max-batch-size", "2", "--warmup-tokens", "2"]
+
+
+def test_throughput_sampled_greedy_and_warmed_baseline(tmp_path):
+    """Default workload (nano-vllm's draws) at temperature 0.6: ours sampled and greedy, the baseline sampled."""
+    import json
+
+    out, md = tmp_path / "t.json", tmp_path / "t.md"
+    r = _throughput_cli(*TINY_WORKLOAD, "--baseline", "hf", "--json", str(out), "--markdown", str(md))
+    assert r.returncode == 0, r.stderr
+    run = json.loads(out.read_text())["runs"][0]
+    cfg, sampled, greedy, hf = run["config"], run["engine"], run["engine_greedy"], run["hf"]
+    assert cfg["workload"] == "nano-vllm" and cfg["seed"] == 0 and cfg["ignore_eos"]
+    assert cfg["sampling"] == {"temperature": 0.6, "top_k": 0, "top_p": 1.0, "do_sample": True}
+    assert cfg["max_batch_size"] == 2 and cfg["max_num_batched_tokens"] > 0 and run["environment"]["device"]
+    assert (sampled["temperature"], greedy["temperature"]) == (0.6, 0.0)
+    for ours in (sampled, greedy):  # the same prompts and lengths, each run after its own warm-up generate
+        assert ours["output_tokens"] == cfg["output_tokens"] and ours["warmup"]["max_tokens"] == 2
+        assert ours["decode_steps"]["count"] > 0 and ours["copy_bytes_per_s"] > 0
+    assert run["sampled_vs_greedy"] == pytest.approx(sampled["output_tokens_per_s"] / greedy["output_tokens_per_s"])
+    assert hf["output_tokens"] == cfg["output_tokens"] and hf["warmup"]["elapsed_s"] > 0
+    assert {"do_sample": True, "temperature": 0.6, "top_k": 0, "top_p": 1.0}.items() <= hf["settings"].items()
+    assert run["speedup_vs_hf"] == pytest.approx(sampled["output_tokens_per_s"] / hf["output_tokens_per_s"])
+    text = md.read_text()
+    assert "nano-vllm's bench.py workload" in text and "| continuous T=0.6 |" in text
+    assert "| continuous greedy |" in text and "| HF T=0.6 |" in text and "sampled / greedy: continuous" in text
+    assert "continuous T=0.6" in r.stdout and "continuous greedy" in r.stdout
+
+
+def test_throughput_greedy_only_random_workload(tmp_path):
+    import json
+
+    out = tmp_path / "t.json"
+    r = _throughput_cli(*TINY_WORKLOAD, "--workload", "random", "--temperature", "0", "--max-num-batched-tokens",
+                        "64", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    run = json.loads(out.read_text())["runs"][0]
+    assert run["config"]["workload"] == "random" and run["config"]["max_num_batched_tokens"] == 64
+    assert run["engine"]["temperature"] == 0.0 and "engine_greedy" not in run and "sampled_vs_greedy" not in run
+
+
+@pytest.mark.parametrize("args, sentence", [
+    (["--temperature", "nan"], "--temperature must be a number >= 0"),
+    (["--workload", "sharegpt"], "Unknown workload 'sharegpt'; use one of: nano-vllm, random."),
+])
+def test_throughput_bad_options_say_one_sentence(args, sentence):
+    r = _throughput_cli(*args)
+    assert r.returncode == 2 and sentence in r.stderr and "Traceback" not in r.stderr
