@@ -18,6 +18,8 @@ written for vLLM's dashboard works after replacing the prefix; the histogram buc
     ruvon:num_requests_running / _waiting      gauges read from the engine when scraped (waiting counts the
                                                requests admitted and not yet scheduled)
     ruvon:kv_cache_usage_perc                  KV-cache blocks in use, as a fraction (1 = full), when scraped
+    ruvon:spec_decode_num_drafts_total / _num_draft_tokens_total / _num_accepted_tokens_total /
+      _num_emitted_tokens_total                with speculative decoding on, read from the engine when scraped
     ruvon:http_requests_total{route,status}    responses by route and status code
 
 Arrival is when the handler admitted the request (queueing counts, tokenization and HTTP parsing do not).
@@ -98,5 +100,34 @@ class ServerMetrics:
         self._gauges["num_requests_waiting"].set_function(waiting)
         self._gauges["kv_cache_usage_perc"].set_function(kv_usage)
 
+    def read_spec_decode_from(self, stats: Callable[[], object | None]) -> None:
+        """Speculative decoding's counters (vLLM's spec_decode_*), read from the engine's SpecStats when scraped;
+        `stats()` returns None when speculation is off (then the counters are not exported)."""
+        self.registry.register(_SpecDecodeCollector(self.model_name, stats))
+
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _SpecDecodeCollector:
+    """ruvon:spec_decode_num_drafts_total, _num_draft_tokens_total, _num_accepted_tokens_total,
+    _num_emitted_tokens_total: verify steps, guesses proposed, guesses accepted, tokens they produced."""
+
+    FIELDS = (("num_drafts", "Sequence-steps that verified guesses."),
+              ("num_draft_tokens", "Guessed tokens proposed."),
+              ("num_accepted_tokens", "Guessed tokens accepted."),
+              ("num_emitted_tokens", "Tokens produced by verify steps (accepted guesses plus one each)."))
+
+    def __init__(self, model_name: str, stats: Callable[[], object | None]) -> None:
+        self.model_name, self.stats = model_name, stats
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
+
+        stats = self.stats()
+        if stats is None:
+            return
+        for field, doc in self.FIELDS:
+            family = CounterMetricFamily(f"ruvon:spec_decode_{field}", doc, labels=["model_name"])
+            family.add_metric([self.model_name], getattr(stats, field))
+            yield family

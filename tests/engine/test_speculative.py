@@ -263,3 +263,18 @@ def test_a_seeded_request_gives_the_same_tokens_alone_or_batched(bundles, bad_dr
 def test_a_draft_with_another_vocabulary_is_refused_in_one_sentence(bundles):
     with pytest.raises(RuvonError, match="shares the target's tokenizer"):
         make_engine(bundles["smollm2-135m"], speculative="draft", draft_model=bundles["gpt2-random"])
+
+
+def test_metrics_export_the_spec_decode_counters():
+    from ruvoninference.engine.speculative import SpecStats
+    from ruvoninference.server.metrics import ServerMetrics
+
+    stats = SpecStats(num_drafts=3, num_draft_tokens=12, num_accepted_tokens=7, num_emitted_tokens=10)
+    metrics = ServerMetrics("m")
+    metrics.read_spec_decode_from(lambda: stats)
+    text = metrics.render()[0].decode()
+    assert 'ruvon:spec_decode_num_accepted_tokens_total{model_name="m"} 7.0' in text
+    assert 'ruvon:spec_decode_num_draft_tokens_total{model_name="m"} 12.0' in text
+    off = ServerMetrics("m")
+    off.read_spec_decode_from(lambda: None)
+    assert "spec_decode" not in off.render()[0].decode()
