@@ -82,6 +82,10 @@ class SamplingParams:
                           "between -100 and 100")
             bias[token_id] = float(value)
         object.__setattr__(self, "logit_bias", bias)
+        # Only a temperature: the sampler's fast path (no per-row filters, penalties, bias or logprobs).
+        object.__setattr__(self, "plain", self.seed is None and not self.top_k and self.top_p == 1.0
+                           and not self.has_penalties and not bias and self.min_tokens == 0
+                           and self.logprobs is None)
 
     @property
     def greedy(self) -> bool:

@@ -280,9 +280,11 @@ class Engine:
     def _advance(self, batch: ScheduledBatch) -> None:
         """The step's tokens are in the cache now: count them, and offer full blocks to the prefix cache."""
         self.num_steps += 1
+        block_size = self.block_size
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
             seq.num_computed_tokens += n - len(seq.spec_token_ids)  # accepted guesses count once verified
-            self.block_manager.commit_full_blocks(seq)
+            if seq.num_computed_tokens // block_size > seq.num_hashed_blocks:  # a block became full
+                self.block_manager.commit_full_blocks(seq)
         self.num_prefill_tokens += sum(batch.num_new_tokens[:batch.num_prefill])
 
     def _postprocess(self, seqs: list[Sequence], sampled: SamplerOutput) -> list[StepOutput]:

@@ -82,6 +82,7 @@ class SamplingTensors:
     temperature: torch.Tensor  # [N] float32; 1.0 on greedy rows (never divided by 0)
     greedy: torch.Tensor  # [N] bool
     all_greedy: bool
+    any_greedy: bool
     seeded_rows: torch.Tensor | None  # [S] rows with their own seed
     seeds: torch.Tensor | None  # [S] int64 (the seed's 64 bits as a signed integer)
     positions: torch.Tensor | None  # [S] int64: index of the token being drawn in its sequence
@@ -121,6 +122,9 @@ class SamplingTensors:
         greedy = [p.greedy for p in params]
         all_greedy = all(greedy)
         temperature = tensor([1.0 if g else p.temperature for p, g in zip(params, greedy)], torch.float32)
+        if all(p.plain for p in params):  # the common case: nothing but temperatures, nothing else to build
+            return SamplingTensors(temperature, tensor(greedy, torch.bool), all_greedy, any(greedy), *[None] * 14,
+                                   [], 0)
         seeded = [r for r, p in enumerate(params) if not greedy[r] and p.seed is not None]
         filtering = not all_greedy and any((p.top_k and p.top_k < vocab_size) or p.top_p < 1.0
                                            for p, g in zip(params, greedy) if not g)
@@ -133,6 +137,7 @@ class SamplingTensors:
             temperature=temperature,
             greedy=tensor(greedy, torch.bool),
             all_greedy=all_greedy,
+            any_greedy=any(greedy),
             seeded_rows=tensor(seeded, torch.int64) if seeded else None,
             seeds=tensor([params[r].seed - (1 << 64) if params[r].seed >= 1 << 63 else params[r].seed
                           for r in seeded], torch.int64) if seeded else None,
@@ -228,20 +233,21 @@ def draw(probs: torch.Tensor, t: SamplingTensors, generator: torch.Generator | N
     noise = torch.empty_like(probs).exponential_(generator=generator).clamp_min_(1e-20)
     if t.seeded_rows is not None:
         noise[t.seeded_rows] = seeded_exponentials(t.seeds, t.positions, probs.shape[1])
-    return (probs / noise).argmax(dim=-1)
+    return probs.div_(noise).argmax(dim=-1)  # in place: probs is the caller's scratch
 
 
 def sample(logits: torch.Tensor, t: SamplingTensors, generator: torch.Generator | None = None) -> SamplerOutput:
     """One token per row of `logits` [N, V] (any float dtype)."""
     raw = logits.float()
     logits = apply_penalties(apply_logit_bias(raw, t), t)
-    tokens = logits.argmax(dim=-1)
-    if not t.all_greedy:
-        scaled = logits / t.temperature[:, None]
-        if t.top_k is not None:
-            scaled = apply_top_k_top_p(scaled, t.top_k, t.top_p)
-        drawn = draw(scaled.softmax(dim=-1), t, generator)
-        tokens = torch.where(t.greedy, tokens, drawn)
+    if t.all_greedy:
+        return _with_logprobs(raw, logits.argmax(dim=-1), t)
+    scaled = logits / t.temperature[:, None]
+    if t.top_k is not None:
+        scaled = apply_top_k_top_p(scaled, t.top_k, t.top_p)
+    tokens = draw(scaled.softmax(dim=-1), t, generator)
+    if t.any_greedy:
+        tokens = torch.where(t.greedy, logits.argmax(dim=-1), tokens)
     return _with_logprobs(raw, tokens, t)
 
 

@@ -112,16 +112,20 @@ class Scheduler:
     def _schedule_decodes(self) -> list[Sequence]:
         """Every running sequence past its prefill gets a slot for one more token; preempt when none is left."""
         decodes: list[Sequence] = []
+        manager, block_size, running = self.block_manager, self.block_manager.block_size, SequenceStatus.RUNNING
         for seq in list(self.running):
-            if seq.status is not SequenceStatus.RUNNING or self._prefilling(seq):
+            if seq.status is not running or len(seq.token_ids) - seq.num_computed_tokens > 1:
                 continue  # preempted below while making room for an older sequence, or still prefilling
-            while not self.block_manager.can_append(seq):
+            if len(seq.block_table) * block_size >= len(seq.token_ids):  # the hot path: room in its last block
+                decodes.append(seq)
+                continue
+            while not manager.can_append(seq):
                 victim = self.running[-1]
                 self.preempt(victim)
                 if victim is seq:
                     break
             else:
-                self.block_manager.append_slot(seq)
+                manager.append_slot(seq)
                 decodes.append(seq)
         if decodes and self.policy == "static":
             self._forming = False

@@ -99,7 +99,8 @@ class Sequence:
             delta = self.detokenizer.add(token)
             if self.detokenizer.stopped:
                 self.finish_reason = "stop"
-        if self.finish_reason is None and self.num_output_tokens >= self.sampling.max_tokens:
+        if self.finish_reason is None and \
+                len(self.token_ids) - len(self.prompt_token_ids) >= self.sampling.max_tokens:
             self.finish_reason = "length"
             delta += self._flush()
         return delta

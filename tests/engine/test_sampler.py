@@ -1,5 +1,6 @@
 """The batched sampler against simple references: float64 definitions and a chi-square test of the draws."""
 
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -49,7 +50,7 @@ def test_draws_follow_the_filtered_softmax(params, seeded):
     torch.manual_seed(0)
     logits = torch.randn(V) * 2
     n = 6000
-    rows = [seq(SamplingParams(**{**params.__dict__, "seed": s if seeded else None})) for s in range(n)]
+    rows = [seq(dataclasses.replace(params, seed=s if seeded else None)) for s in range(n)]
     tokens = run(logits.expand(n, V).clone(), rows, torch.Generator().manual_seed(1)).tokens
     expected = reference_probs(logits, params)
     counts = torch.bincount(tokens, minlength=V).double()
