@@ -268,6 +268,11 @@ def table(results: list[dict]) -> str:
     results = sorted(results, key=lambda r: r["config"]["tp"])
     base = results[0]
     notes = []
+    backends = list(base["greedy"])
+    if len(backends) > 1:  # the bf16 noise floor: two backends at the same size, same weights
+        shared = agreement(base["greedy"][backends[0]]["token_ids"], base["greedy"][backends[1]]["token_ids"])
+        notes.append(f"- noise floor: at TP={base['config']['tp']}, {backends[0]} and {backends[1]} share {shared} "
+                     f"of {GREEDY_TOKENS} leading greedy tokens per prompt")
     for r in results[1:]:
         for attn, g in r["greedy"].items():
             if attn in base["greedy"]:
