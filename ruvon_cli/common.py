@@ -163,12 +163,15 @@ def pick_implementations(attn: list[str] | None, device: str | None):
     return available, reasons
 
 
-_UNITS = {"": 1, "b": 1, "kib": 2**10, "kb": 10**3, "mib": 2**20, "mb": 10**6, "gib": 2**30, "gb": 10**9,
+_UNITS = {"b": 1, "kib": 2**10, "kb": 10**3, "mib": 2**20, "mb": 10**6, "gib": 2**30, "gb": 10**9,
           "tib": 2**40, "tb": 10**12}
 
 
 def parse_size(value: str) -> int:
-    """'512MiB', '2GiB', '1.5GB', '1TiB' or a byte count -> bytes (one syntax for every command, serve too)."""
+    """'512MiB', '2GiB', '1.5GB', '1TiB' or '4096B' -> bytes (one syntax for every command, serve too).
+
+    A bare number is refused: `serve` once took MiB where `generate` took bytes, so its unit is never guessed.
+    """
     import re
 
     from ruvoninference.errors import RuvonError
@@ -230,8 +233,8 @@ def check_listen(host: str, port: int) -> None:
 
     from ruvoninference.errors import RuvonError
 
-    if not 0 < port <= 65535:
-        raise RuvonError(f"Port {port} is not a TCP port; use a number from 1 to 65535.")
+    if not 0 <= port <= 65535:
+        raise RuvonError(f"Port {port} is not a TCP port; use a number from 0 (any free port) to 65535.")
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror:
