@@ -26,9 +26,11 @@ def throughput(
     temperature: Annotated[float, typer.Option(
         help="Sampling temperature of ours and the baseline (nano-vllm's 0.6); above 0, ours also runs greedy.")] = 0.6,
     num_seqs: Annotated[int, typer.Option(help="Requests in the workload.")] = 256,
-    min_input_len: Annotated[int, typer.Option(help="Shortest prompt (tokens).")] = 100,
+    min_input_len: Annotated[Optional[int], typer.Option(
+        help="Shortest prompt (tokens; default 100, or --max-input-len when that is smaller).")] = None,
     max_input_len: Annotated[int, typer.Option(help="Longest prompt (tokens).")] = 1024,
-    min_output_len: Annotated[int, typer.Option(help="Fewest new tokens.")] = 100,
+    min_output_len: Annotated[Optional[int], typer.Option(
+        help="Fewest new tokens (default 100, or --max-output-len when that is smaller).")] = None,
     max_output_len: Annotated[int, typer.Option(help="Most new tokens.")] = 1024,
     scheduler: Annotated[Optional[list[str]], typer.Option(
         help="continuous, static or sequential; repeat to compare them on the same workload.")] = None,
@@ -58,8 +60,14 @@ def throughput(
         raise RuvonError(f"Unknown workload '{workload}'; use one of: {', '.join(WORKLOADS)}.")
     if not (math.isfinite(temperature) and temperature >= 0):
         raise RuvonError(f"--temperature must be a number >= 0 (0 means greedy only), not {temperature}.")
-    if num_seqs < 1 or not (1 <= min_input_len <= max_input_len) or not (1 <= min_output_len <= max_output_len):
-        raise RuvonError("--num-seqs must be >= 1 and each --min-…-len between 1 and its --max-…-len.")
+    if num_seqs < 1:
+        raise RuvonError(f"--num-seqs must be at least 1, not {num_seqs}.")
+    # A maximum below a default minimum lowers that minimum; minimums given explicitly are checked as given.
+    min_input_len = min(100, max_input_len) if min_input_len is None else min_input_len
+    min_output_len = min(100, max_output_len) if min_output_len is None else min_output_len
+    for kind, low, high in (("input", min_input_len, max_input_len), ("output", min_output_len, max_output_len)):
+        if not 1 <= low <= high:
+            raise RuvonError(f"--min-{kind}-len ({low}) must be at least 1 and at most --max-{kind}-len ({high}).")
     if warmup_tokens < 1:
         raise RuvonError(f"--warmup-tokens must be at least 1, not {warmup_tokens}.")
     if max_num_batched_tokens is not None and max_num_batched_tokens < 1:
