@@ -40,3 +40,22 @@ def test_eager_and_sdpa_agree_on_logits(gpt2_sdpa):
     with torch.no_grad():
         a, b = eager.model(ids).logits, gpt2_sdpa.model(ids).logits
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_kernel_names_and_the_lines_flash_prints():
+    from ruvon_cli.flash_cmd import ran_as_lines
+    from ruvoninference.bench.prefill import _kernel_name
+
+    assert _kernel_name("void flash::flash_fwd_kernel<Flash_fwd_kernel_traits<128, 4>, true>(Flash_fwd_params)") \
+        == "flash::flash_fwd_kernel"
+    assert _kernel_name("void (anonymous namespace)::softmax_warp_forward<float, 4>(float*, int)") \
+        == "(anonymous namespace)::softmax_warp_forward"
+    assert _kernel_name("_flash_attention_forward") == "_flash_attention_forward"
+    gpu = {"implementation": "triton", "sequence_length": 512, "attention_ops": [],
+           "attention_kernels": [{"name": "_flash_attention_forward", "launches": 30, "cuda_us": 410.0}]}
+    assert ran_as_lines(gpu) == ["triton attention at 512 tokens ran the GPU kernels: "
+                                 "_flash_attention_forward x30 (0.41 ms)"]
+    cpu = {"implementation": "eager", "sequence_length": 16, "attention_ops": ["aten::_softmax", "aten::bmm"],
+           "attention_kernels": None}
+    assert ran_as_lines(cpu) == ["eager attention at 16 tokens ran the operators: _softmax, bmm"]
+    assert ran_as_lines({**cpu, "attention_ops": None}) == []

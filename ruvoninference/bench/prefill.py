@@ -108,21 +108,42 @@ def measure_prefill(loaded: LoadedModel, input_ids: list[int], repeats: int = 3,
     return statistics.median(times), peak
 
 
-# Operators that do attention: the fused ones by name, and the pieces of the unfused one (4-D matmuls run as
-# batched `bmm`, linear layers as `mm`/`addmm`, so `bmm` and `softmax` are attention's own).
-ATTENTION_OP_MARKERS = ("scaled_dot_product", "attention", "flash", "fmha", "cudnn_attn", "softmax", "aten::bmm",
-                        "aten::baddbmm")
+# What attention ran is read from the profiler in one pass recorded with Python frames: an operator belongs to
+# attention when it is a fused attention operator, or when it runs inside transformers' attention function
+# (every backend's is named `*attention_forward`: eager_attention_forward, sdpa_attention_forward, ours
+# triton_attention_forward). Of those, the operators named here are listed (unfused attention shows as
+# `bmm` and `softmax`; a rotary embedding's `bmm` outside the attention function is not counted).
+FUSED_OP_MARKERS = ("scaled_dot_product", "flash", "fmha", "cudnn_attn")
+ATTENTION_OP_MARKERS = FUSED_OP_MARKERS + ("attention", "softmax", "aten::bmm", "aten::baddbmm")
+ATTENTION_FRAME = "attention_forward"
 
 
 def _kernel_name(name: str) -> str:
     """A CUDA kernel's name without its return type, template arguments and parameter list."""
-    name = name.removeprefix("void ").split("(")[0]
-    return name.split("<")[0].strip()
+    name = name.removeprefix("void ").split("<")[0]
+    if name.endswith(")") and "(" in name:
+        name = name[: name.rindex("(")]
+    return name.strip()
 
 
-def _is_attention_op(event) -> bool:
+def _is_attention_piece(event) -> bool:
+    """Unfused attention's own operators when no Python frame says so (a profiler without frame records):
+    softmax, and a batched matmul that contracts over more than one element (QKᵀ over head_dim, PV over the
+    keys; a rotary embedding's position matmul contracts over 1)."""
+    if event.name in ("aten::softmax", "aten::_softmax"):
+        return True
+    if event.name == "aten::bmm":
+        shapes = event.input_shapes or []
+        return bool(shapes and len(shapes[0]) == 3 and shapes[0][2] > 1)
+    return False
+
+
+def _in_attention(event) -> bool:
+    if _is_attention_piece(event):
+        return True
     while event is not None:
-        if any(m in event.name.lower() for m in ATTENTION_OP_MARKERS):
+        name = event.name.lower()
+        if any(m in name for m in FUSED_OP_MARKERS) or name.endswith(ATTENTION_FRAME):
             return True
         event = event.cpu_parent
     return False
@@ -135,9 +156,9 @@ def attention_ops(loaded: LoadedModel, input_ids: list[int]) -> tuple[list[str],
     Returns (operators, kernels). Operators: the attention operators the model called, by their aten names
     (SDPA chooses its kernel at run time from the dtype, shapes, mask and GPU, and the operator says which:
     `_scaled_dot_product_flash_attention`, `_cudnn_attention`, `_efficient_attention`, `_math`; unfused
-    attention shows as `bmm` and `softmax`). Kernels (CUDA only, else None): every GPU kernel an attention
-    operator launched, plus our own Triton kernels (which no aten operator launches), each as
-    {"name", "launches", "cuda_us"} from the profiler's kernel records, not from the backend's name.
+    attention shows as `bmm` and `softmax`). Kernels (CUDA only, else None): every GPU kernel launched from
+    attention, plus our own Triton kernels (which no aten operator launches; found by their names), each
+    as {"name", "launches", "cuda_us"} from the profiler's kernel records, not from the backend's name.
     """
     from torch.profiler import ProfilerActivity, profile
 
@@ -146,12 +167,13 @@ def attention_ops(loaded: LoadedModel, input_ids: list[int]) -> tuple[list[str],
     ids = torch.tensor([input_ids], device=loaded.device)
     cuda = loaded.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with native_stderr_silenced(), profile(activities=activities) as prof:  # no USDT start/stop lines
+    with profile(activities=activities, with_stack=True, record_shapes=True) as prof:
         loaded.model(input_ids=ids, use_cache=True, logits_to_keep=1)
         if cuda:
             torch.cuda.synchronize(loaded.device)
     events = prof.events()
-    ops = sorted({e.name for e in events if e.device_type.name == "CPU"
+    attention = [e for e in events if e.device_type.name == "CPU" and _in_attention(e)]
+    ops = sorted({e.name for e in attention if e.name.startswith("aten::")
                   and any(m in e.name.lower() for m in ATTENTION_OP_MARKERS)})
     if not cuda:
         return ops, None
@@ -162,11 +184,12 @@ def attention_ops(loaded: LoadedModel, input_ids: list[int]) -> tuple[list[str],
         entry["launches"] += 1
         entry["cuda_us"] += us
 
-    for e in events:
-        if e.device_type.name == "CPU" and e.kernels and _is_attention_op(e):
-            for k in e.kernels:
+    for e in attention:
+        for k in e.kernels:
+            if _kernel_name(k.name) not in KERNEL_NAMES:
                 add(k.name, k.duration)
-        elif e.device_type.name == "CUDA" and _kernel_name(e.name) in KERNEL_NAMES:
+    for e in events:
+        if e.device_type.name == "CUDA" and _kernel_name(e.name) in KERNEL_NAMES:
             add(e.name, e.time_range.end - e.time_range.start)
     kernels = sorted(found.values(), key=lambda k: -k["cuda_us"])
     for k in kernels:
