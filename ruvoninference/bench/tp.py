@@ -33,6 +33,7 @@ import random
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -40,10 +41,10 @@ import torch.distributed as dist
 from ruvoninference.attention import get_available_implementations
 from ruvoninference.config import dtype_name, resolve_dtype
 from ruvoninference.engine import Engine, SamplingParams
-from ruvoninference.engine.kv_cache import bytes_per_block
 from ruvoninference.environment import describe
 from ruvoninference.models import load_model
 from ruvoninference.parallel import TPGroup, load_shard, spawn
+from ruvoninference.parallel.engine import lockstep_engine
 from ruvoninference.parallel.group import SAFE_ENVIRONMENT, init_group
 from ruvoninference.parallel.launch import rendezvous
 from ruvoninference.parallel.layers import without_collectives
@@ -70,26 +71,6 @@ def _free() -> None:
 def _sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-
-
-def _sync_min(value: int, tp: TPGroup, device: torch.device) -> int:
-    if tp.world_size == 1:
-        return value
-    t = torch.tensor([value], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=tp.group)
-    return int(t.item())
-
-
-def lockstep_engine(bundle, attn: str, tp: TPGroup, **kwargs) -> Engine:
-    """An engine whose KV cache has the same number of blocks on every rank (the smallest any rank fits)."""
-    engine = Engine(bundle, attn=attn, **kwargs)
-    blocks = _sync_min(engine.block_manager.num_blocks, tp, bundle.device)
-    if blocks != engine.block_manager.num_blocks:
-        per_block = bytes_per_block(bundle.config, engine.block_size, bundle.dtype)
-        del engine
-        _free()
-        engine = Engine(bundle, attn=attn, kv_cache_memory=blocks * per_block, **kwargs)
-    return engine
 
 
 def batch1(engine: Engine, repeats: int, prompt: list[int]) -> dict:
@@ -181,7 +162,7 @@ def run_rank(tp: TPGroup, args: argparse.Namespace) -> dict | None:
     prompt = list(range(100, 100 + args.prompt_len))
     result = {"config": config, "greedy": {}}
     for attn in args.greedy_attn:  # correctness: greedy tokens, compared across sizes by `table`
-        engine = lockstep_engine(bundle, attn, tp, **kw)
+        engine = lockstep_engine(bundle, tp, attn=attn, **kw)
         outs = engine.generate(GREEDY_PROMPTS, SamplingParams(max_tokens=GREEDY_TOKENS, ignore_eos=True))
         result["greedy"][attn] = {"token_ids": [o.token_ids for o in outs],
                                   "blocks_free_after": engine.block_manager.num_free_blocks,
@@ -189,7 +170,7 @@ def run_rank(tp: TPGroup, args: argparse.Namespace) -> dict | None:
         del engine
         _free()
         checkpoint(args, result, tp)
-    engine = lockstep_engine(bundle, args.attn, tp, **kw)
+    engine = lockstep_engine(bundle, tp, attn=args.attn, **kw)
     result["memory"] = _memory(engine, bundle)
     result["batch1"] = batch1(engine, args.repeats, prompt)
     checkpoint(args, result, tp)
@@ -200,7 +181,7 @@ def run_rank(tp: TPGroup, args: argparse.Namespace) -> dict | None:
     _free()
     if tp.world_size > 1:
         with without_collectives():
-            quiet = lockstep_engine(bundle, args.attn, tp, **kw)
+            quiet = lockstep_engine(bundle, tp, attn=args.attn, **kw)
             result["batch1_without_collectives"] = batch1(quiet, args.repeats, prompt)
             del quiet
         step = result["batch1"]["ms_per_token"] - result["batch1_without_collectives"]["ms_per_token"]
@@ -314,9 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown")
     args = parser.parse_args(argv)
     if args.mode == "table":
-        text = table([json.loads(open(f).read()) for f in args.files])
+        text = table([json.loads(Path(f).read_text()) for f in args.files])
         if args.markdown:
-            open(args.markdown, "w").write(text)
+            Path(args.markdown).write_text(text)
         print(text)
         return 0
     if args.mode == "size1":
@@ -327,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     result["command"] = " ".join(["python -m ruvoninference.bench.tp", *(argv or sys.argv[1:])])
     text = json.dumps(result, indent=1, default=str)
     if args.json:
-        open(args.json, "w").write(text)
+        Path(args.json).write_text(text)
     print(text if len(text) < 4000 else text[:4000])
     return 0
 

@@ -53,7 +53,7 @@ def fill_on_device(model: torch.nn.Module, full_shapes: dict[str, torch.Size], d
     generator = torch.Generator(device=device).manual_seed(seed)
     for name in sorted(full_shapes):
         shape = full_shapes[name]
-        if name.endswith("norm") or name.endswith("bias"):
+        if name.endswith(("norm", "bias")):
             full = torch.full(shape, 0.0 if name.endswith("bias") else 1.0, device=device, dtype=dtype)
         else:
             ints = torch.randint(-128, 128, shape, generator=generator, device=device, dtype=torch.int8)

@@ -19,7 +19,13 @@ from functools import partial
 import torch
 
 from ruvoninference.models import ModelBundle, load_model, model_config
-from ruvoninference.parallel.group import SINGLE, TPGroup, init_from_torchrun, init_group, launched_by_torchrun
+from ruvoninference.parallel.group import (
+    SINGLE,
+    TPGroup,
+    init_from_torchrun,
+    init_group,
+    launched_by_torchrun,
+)
 from ruvoninference.parallel.launch import spawn, start_workers
 from ruvoninference.parallel.shard import check_shardable, local_config, shard_model
 

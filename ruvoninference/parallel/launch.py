@@ -23,14 +23,21 @@ import torch
 import torch.multiprocessing as mp
 
 from ruvoninference.errors import RuvonError
-from ruvoninference.parallel.group import TPGroup, check_port_free, destroy_group, free_port, init_group, set_safe_environment
+from ruvoninference.parallel.group import (
+    TPGroup,
+    check_port_free,
+    destroy_group,
+    free_port,
+    init_group,
+    set_safe_environment,
+)
 
 PARENT_POLL_S = 0.5
 
 
 def rendezvous(port: int | None = None) -> str:
     """A TCP rendezvous on this machine: the given port (checked free) or MASTER_PORT, else a free one."""
-    port = port or int(os.environ.get("MASTER_PORT", 0)) or free_port()
+    port = port or int(os.environ.get("MASTER_PORT", "0")) or free_port()
     check_port_free(port)
     return f"tcp://127.0.0.1:{port}"
 

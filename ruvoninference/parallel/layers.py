@@ -34,7 +34,6 @@ from torch import nn
 
 from ruvoninference.parallel.group import TPGroup
 
-
 _SKIP_COLLECTIVES = False
 
 
@@ -124,6 +123,8 @@ class VocabGather(nn.Module):
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         if self.tp.world_size == 1 or _SKIP_COLLECTIVES:
             return logits
+        if logits.shape[0] == 0:  # a step that samples nothing (every rank knows: the row count is broadcast)
+            return logits.new_empty(0, self.vocab_size)
         gathered = logits.new_empty(self.tp.world_size * logits.shape[0], logits.shape[1])  # (ranks·N, V/ranks)
         dist.all_gather_into_tensor(gathered, logits.contiguous(), group=self.tp.group)
         # (ranks, N, V/ranks) -> (N, ranks, V/ranks) -> (N, V_padded) -> (N, V)

@@ -100,7 +100,8 @@ def check(tp: TPGroup, names: list[str]) -> None:
         got = run_steps(sharded)
         if tp.is_driver:
             for step, (g, e) in enumerate(zip(got, expected)):
-                torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4, msg=lambda m: f"{name} step {step}: {m}")
+                where = f"{name} step {step}"
+                torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4, msg=lambda m, where=where: f"{where}: {m}")
             worst = max((g - e).abs().max().item() for g, e in zip(got, expected))
             print(f"{name}: TP={tp.world_size} equals TP=1 (max |diff| {worst:.2e}; rank 0 holds "
                   f"{heads.num_heads} query and {heads.num_kv_heads} KV heads)", flush=True)
