@@ -73,6 +73,14 @@ class RequestOutput:
 
 
 class Engine:
+    def __new__(cls, *args, tensor_parallel_size: int = 1, **kwargs):
+        """tensor_parallel_size > 1: this engine is rank 0 of a group of processes (parallel/engine.py)."""
+        if tensor_parallel_size == 1:
+            return super().__new__(cls)
+        from ruvoninference.parallel.engine import tensor_parallel_engine
+
+        return tensor_parallel_engine(*args, tensor_parallel_size=tensor_parallel_size, **kwargs)
+
     def __init__(
         self,
         model: str | ModelBundle = "smollm2-135m",
@@ -94,7 +102,10 @@ class Engine:
         draft_model: str | ModelBundle | None = None,
         ngram_max: int = 4,
         speculative_max_batch: int | None = None,
+        tensor_parallel_size: int = 1,
     ):
+        if tensor_parallel_size != 1:
+            return  # __new__ built this engine as rank 0 of its tensor-parallel group
         check_speculative(speculative, num_speculative_tokens, ngram_max, draft_model)
         self.attn = parse_implementation(attn)
         if isinstance(model, ModelBundle):

@@ -1,6 +1,6 @@
 """The engine over N ranks: rank 0 schedules and samples, the other ranks mirror every forward pass.
 
-    engine = tensor_parallel_engine("qwen3-8b-random", 2, attn="flash_attention_2", dtype="bfloat16")
+    engine = Engine("qwen3-8b-random", "flash_attention_2", dtype="bfloat16", tensor_parallel_size=2)
     engine.generate(prompts, SamplingParams(max_tokens=128))      # the ordinary Engine API, on rank 0
     shutdown(engine)                                              # or let the engine go: a finalizer does it
 
@@ -223,10 +223,14 @@ def check_parallel_size(model: str, tensor_parallel_size: int, device: torch.dev
     check_shardable(model_config(model), tensor_parallel_size)
 
 
-def tensor_parallel_engine(model: str, tensor_parallel_size: int, device: str | None = None,
-                           dtype: str | torch.dtype | None = None, port: int | None = None,
-                           **engine_kwargs) -> Engine:
-    """An Engine whose model is cut over `tensor_parallel_size` processes; the returned engine is rank 0's."""
+def tensor_parallel_engine(model: str, attn: str = "sdpa", device: str | None = None,
+                           dtype: str | torch.dtype | None = None, *, tensor_parallel_size: int,
+                           port: int | None = None, **engine_kwargs) -> Engine:
+    """An Engine whose model is cut over `tensor_parallel_size` processes; the returned engine is rank 0's.
+
+    `Engine(model, ..., tensor_parallel_size=N)` calls this; the arguments are the Engine's.
+    """
+    engine_kwargs["attn"] = attn
     if not isinstance(model, str):
         raise RuvonError("Tensor parallelism loads the model in every process; give the model's name, not a bundle.")
     dev = resolve_device(device)

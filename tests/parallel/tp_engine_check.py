@@ -16,7 +16,7 @@ from ruvoninference.engine import Engine, SamplingParams
 from ruvoninference.engine.kv_cache import bytes_per_block
 from ruvoninference.models import model_config
 from ruvoninference.parallel import TPGroup
-from ruvoninference.parallel.engine import shutdown, tensor_parallel_engine
+from ruvoninference.parallel.engine import DriverRunner, shutdown
 from ruvoninference.parallel.shard import local_config
 
 PROMPTS = [list(range(10, 10 + n)) for n in (5, 40, 23, 70, 9)]
@@ -32,8 +32,9 @@ def main() -> int:
     expected = [o.token_ids for o in one.generate(PROMPTS, GREEDY)]
     del one
     half = local_config(config, TPGroup(0, 2))  # each rank caches 6 of the 12 KV heads
-    engine = tensor_parallel_engine("gpt2-random", 2, device="cpu", dtype="float32",
-                                    kv_cache_memory=BLOCKS * bytes_per_block(half, 16, torch.float32), **kw)
+    engine = Engine("gpt2-random", device="cpu", dtype="float32", tensor_parallel_size=2,
+                    kv_cache_memory=BLOCKS * bytes_per_block(half, 16, torch.float32), **kw)
+    assert isinstance(engine.runner, DriverRunner)
     got = [o.token_ids for o in engine.generate(PROMPTS, GREEDY)]
     assert got == expected, (got, expected)
     print(f"greedy tokens equal TP=1 for {len(PROMPTS)} prompts, {engine.scheduler.num_preemptions} preemptions")
