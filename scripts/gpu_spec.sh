@@ -8,6 +8,9 @@
 # /tmp/g/model.gguf (docs/benchmarks/README.md, "How the GPU runs were made") SmolLM2 is measured, otherwise
 # gpt2-random (random weights: its text is noise, its timings and acceptance on that noise are real).
 #   scripts/gpu_spec.sh            # writes $OUT/spec-*.json, .md, device.txt, commands.txt
+# Run it from a clean export of a commit (the device call copies the working tree, uncommitted edits too):
+#   git archive HEAD | tar -x -C .spec_clean; cp -r .whl_spec .spec_clean/   (.spec_clean is git-ignored)
+#   device command: cd .spec_clean && bash scripts/gpu_spec.sh
 set -uo pipefail
 OUT=${OUT:-$PWD/out}
 mkdir -p "$OUT"
@@ -22,11 +25,11 @@ run() { echo "\$ $*" | tee -a "$OUT/commands.txt"; "$@"; echo "exit $?" | tee -a
 model=gpt2-random
 if [ -f /tmp/g/model.gguf ]; then model=smollm2-135m; fi
 echo "model: $model" | tee -a "$OUT/device.txt"
-common=(--model "$model" --device cuda --dtype float16 --attn "${ATTN:-triton}" --max-tokens 128 --repeats 3
+common=(--model "$model" --device cuda --dtype float16 --attn "${ATTN:-sdpa}" --max-tokens 128
         --num-speculative-tokens 4)
-run timeout 150 python3 cli.py benchmark speculative "${common[@]}" --batch-size 1 --batch-size 64 \
+run timeout 95 python3 cli.py benchmark speculative "${common[@]}" --batch-size 1 --batch-size 64 --repeats 2 \
     --draft-model "$model" --json "$OUT/spec-$model.json" --markdown "$OUT/spec-$model.md"
-# Where speculation stops paying as the batch grows: the same copying prompts with speculation always on.
-run timeout 60 python3 cli.py benchmark speculative "${common[@]}" --workload copying --batch-size 8 \
-    --batch-size 32 --batch-size 64 --max-speculative-batch 1000 --repeats 2 \
+# Where speculation stops paying as the batch grows: the copying prompts with speculation always on.
+run timeout 45 python3 cli.py benchmark speculative "${common[@]}" --workload copying --batch-size 8 \
+    --batch-size 64 --max-speculative-batch 1000 --repeats 1 \
     --json "$OUT/spec-$model-batch-sweep.json" --markdown "$OUT/spec-$model-batch-sweep.md"
