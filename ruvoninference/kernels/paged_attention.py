@@ -249,7 +249,11 @@ def _split_range(seq_len, split, NUM_SPLITS, MIN_SPLIT: tl.constexpr, BLOCK_N: t
     return start, tl.minimum(start + per_split, seq_len), per_split
 
 
-@triton.jit
+# Triton compiles a kernel once per distinct set of "specializations" of its integer arguments (== 1, divisible
+# by 16), besides its compile-time constants. Arguments that change from call to call in a serving engine
+# (the split count, the block table's row stride = its width, the number of sequences) are exempted: one
+# compiled kernel serves them all, so nothing compiles after the engine has warmed up (`warm_up`).
+@triton.jit(do_not_specialize=["NUM_SPLITS", "stride_tb"])
 def _paged_decode_split(
     Q, K, V, BlockTables, SeqLens, Out, PartOut, PartLse,
     qk_scale,
@@ -313,7 +317,7 @@ def _paged_decode_split(
         tl.store(PartLse + part_row, m_i + tl.math.log2(safe_l), mask=offs_g < QUERIES_PER_KV)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NUM_SPLITS"])
 def _paged_decode_merge(
     PartOut, PartLse, SeqLens, Out,
     stride_ob, stride_oh, stride_od,
@@ -517,7 +521,7 @@ def paged_decode_attention(
     return out
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NUM_SEQS", "stride_tb"])
 def _paged_prefill(
     Q, K, V, CuSeqlensQ, SeqLensK, BlockTables, Out,
     qk_scale,
@@ -613,13 +617,17 @@ def warm_up(k_cache: torch.Tensor, v_cache: torch.Tensor, heads_q: int, max_num_
 
     Prefill: each tile `prefill_tile` can pick × each `sequence_block` size up to max_num_seqs. Decode: each
     (batch, table width) in `decode_shapes` (the split count, and so the merge kernel's size, follows from
-    them). Every launch is real but harmless: tables point at page 0, lengths are 1, only `out` is written.
+    them), and one split plus each merge size (1-64 splits), which is what any other width can lead to (at
+    head_dim <= 128, where a forced split count compiles the same kernels as the rule's). Every launch is
+    real but harmless: tables point at page 0, lengths are 1, only `out` is written.
     """
     _, block_size, heads_kv, head_dim = k_cache.shape
     device, dtype = k_cache.device, k_cache.dtype
     blocks = sorted({sequence_block(b) for b in range(1, max(1, max_num_seqs) + 1)})
     jobs = [("prefill", tile, sb) for tile in prefill_tiles(head_dim) for sb in blocks]
     jobs += [("decode", batch, width) for batch, width in decode_shapes]
+    # Any split count a table width can lead to: one split (no merge) and each merge chunk size.
+    jobs += [("splits", s, None) for s in (1, 2, 4, 8, 16, 32, MERGE_CHUNK)]
     for i, (kind, a, b) in enumerate(jobs):
         if progress:
             progress("Compiling attention kernels", i, len(jobs))
@@ -630,10 +638,15 @@ def warm_up(k_cache: torch.Tensor, v_cache: torch.Tensor, heads_q: int, max_num_
             ones = torch.ones(batch, device=device, dtype=torch.int32)
             tables = torch.zeros(batch, 1, device=device, dtype=torch.int32)
             paged_prefill_attention(q, k_cache, v_cache, cu, ones, tables, tile=a)
-        else:
+        elif kind == "decode":
             q = torch.zeros(a, heads_q, head_dim, device=device, dtype=dtype)
             tables = torch.zeros(a, b, device=device, dtype=torch.int32)
             paged_decode_attention(q, k_cache, v_cache, tables, torch.ones(a, device=device, dtype=torch.int32))
+        else:
+            q = torch.zeros(1, heads_q, head_dim, device=device, dtype=dtype)
+            tables = torch.zeros(1, 1, device=device, dtype=torch.int32)
+            one = torch.ones(1, device=device, dtype=torch.int32)
+            paged_decode_attention(q, k_cache, v_cache, tables, one, num_splits=a)
     if progress:
         progress("Compiled attention kernels", len(jobs), len(jobs))
     return len(jobs)

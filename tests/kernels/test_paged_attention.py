@@ -249,7 +249,7 @@ def test_warm_up_launches_every_variant_and_writes_no_cache():
     seen = []
     launches = warm_up(k, v, 4, max_num_seqs=10, decode_shapes=[(1, 2), (3, 4)],
                        progress=lambda text, i, n: seen.append((i, n)))
-    assert launches == len(prefill_tiles(32)) + 2  # one sequence block (64), two decode shapes
+    assert launches == len(prefill_tiles(32)) + 2 + 7  # one sequence block (64), two decode shapes, 7 split counts
     assert seen[-1] == (launches, launches)
     assert torch.equal(k, before[0]) and torch.equal(v, before[1])
 
