@@ -187,9 +187,11 @@ class ModelRunner:
         longest = max(len(seq.block_table) for seq in seqs)
         if not self.use_cuda_graphs:
             return longest
-        # Gathering backends copy the whole table's pages; our split-KV kernel sizes its splits from the
-        # table's width. Both want a width near the longest sequence: powers of two keep the graphs few.
-        if self.implementation in GATHERING or self.implementation is AttentionImplementation.TRITON:
+        # Gathering backends copy the whole table's pages: they want a width near the longest sequence, and
+        # powers of two keep their graphs few. FlashAttention-2 and our kernel read only each row's own pages,
+        # so they run every bucket at the full width, the one graph per bucket captured at start (our split
+        # count then depends on the batch alone; the splits a short sequence does not need return at once).
+        if self.implementation in GATHERING:
             return min(self.max_blocks, _next_power_of_two(longest))
         return self.max_blocks
 
@@ -279,7 +281,17 @@ class ModelRunner:
         return _Graph(graph, logits)
 
     def capture_all(self, progress=None) -> None:
-        """Capture every batch bucket up front (the widest block table), largest first so the pool fits."""
+        """Capture every batch bucket up front (the widest block table), largest first so the pool fits.
+
+        Our Triton backend first compiles every prefill and decode kernel variant a run can launch
+        (`kernels.paged_attention.warm_up`), so nothing compiles after the engine reports ready.
+        """
+        if self.implementation is AttentionImplementation.TRITON:
+            from ruvoninference.kernels.paged_attention import warm_up
+
+            k, v = self.kv_cache.k[0], self.kv_cache.v[0]
+            heads_q = k.shape[2] * (self.model.config.num_heads // self.model.config.num_kv_heads)
+            warm_up(k, v, heads_q, self.buckets[-1], [(b, self.max_blocks) for b in self.buckets], progress)
         for i, bucket in enumerate(reversed(self.buckets)):
             if progress:
                 progress("Capturing CUDA graphs for decode", i, len(self.buckets))
