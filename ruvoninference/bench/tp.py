@@ -44,7 +44,7 @@ from ruvoninference.engine import Engine, SamplingParams
 from ruvoninference.environment import describe
 from ruvoninference.models import load_model
 from ruvoninference.parallel import TPGroup, load_shard, spawn
-from ruvoninference.parallel.engine import lockstep_engine
+from ruvoninference.parallel.engine import lockstep_engine, shutdown
 from ruvoninference.parallel.group import SAFE_ENVIRONMENT, init_group
 from ruvoninference.parallel.launch import rendezvous
 from ruvoninference.parallel.layers import without_collectives
@@ -157,7 +157,7 @@ def run_rank(tp: TPGroup, args: argparse.Namespace) -> dict | None:
     bundle = load_shard(args.model, device, dtype, tp)
     config = {"model": args.model, "dtype": dtype_name(dtype), "attn": args.attn, "tp": tp.world_size,
               "max_batch_size": args.max_batch_size, "max_num_batched_tokens": args.max_num_batched_tokens,
-              "cuda_graphs": device.type == "cuda", "environment": dict(SAFE_ENVIRONMENT)}
+              "cuda_graphs": device.type == "cuda", "environment": dict(SAFE_ENVIRONMENT), "harness": "lockstep"}
     kw = {"max_batch_size": args.max_batch_size, "max_num_batched_tokens": args.max_num_batched_tokens}
     prompt = list(range(100, 100 + args.prompt_len))
     result = {"config": config, "greedy": {}}
@@ -191,6 +191,29 @@ def run_rank(tp: TPGroup, args: argparse.Namespace) -> dict | None:
         hidden = bundle.config.hidden_size
         result["nccl_allreduce"] = [allreduce_latency(tp, n * hidden, dtype) for n in (1, 8, 64)]
     return result if tp.is_driver else None
+
+
+def engine_run(args: argparse.Namespace) -> dict:
+    """The engine users run: `Engine(..., tensor_parallel_size=N)` (rank 0 schedules and broadcasts each step;
+    at N = 1 today's engine), timed like `run`."""
+    kw = {"max_batch_size": args.max_batch_size, "max_num_batched_tokens": args.max_num_batched_tokens}
+    engine = Engine(args.model, args.attn, args.device, args.dtype, tensor_parallel_size=args.tp, **kw)
+    result = {"config": {"model": args.model, "dtype": dtype_name(engine.dtype), "attn": args.attn, "tp": args.tp,
+                         **kw, "cuda_graphs": engine.use_cuda_graphs, "harness": "engine",
+                         "environment": dict(SAFE_ENVIRONMENT)}}
+    try:
+        outs = engine.generate(GREEDY_PROMPTS, SamplingParams(max_tokens=GREEDY_TOKENS, ignore_eos=True))
+        result["greedy"] = {args.attn: {"token_ids": [o.token_ids for o in outs],
+                                        "blocks_free_after": engine.block_manager.num_free_blocks,
+                                        "num_blocks": engine.block_manager.num_blocks}}
+        result["memory"] = _memory(engine, engine.bundle)
+        result["batch1"] = batch1(engine, args.repeats, list(range(100, 100 + args.prompt_len)))
+        checkpoint(args, result)
+        result["throughput"] = throughput(engine, args.num_seqs, args.temperature, args.max_len)
+        result["blocks_free_after"] = engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+    finally:
+        shutdown(engine)
+    return result
 
 
 def size1(args: argparse.Namespace) -> dict:
@@ -245,38 +268,46 @@ def agreement(a: list[list[int]], b: list[list[int]]) -> list[int]:
 
 
 def table(results: list[dict]) -> str:
-    """The scaling table: tokens/s and memory per GPU for each size, with the ratio to the smallest."""
-    results = sorted(results, key=lambda r: r["config"]["tp"])
+    """The scaling table: tokens/s and memory per GPU for each size, with the ratio to the smallest size run
+    the same way (`harness`: the lockstep harness of `run`, or the engine of `engine`)."""
+    results = sorted(results, key=lambda r: (r["config"].get("harness", "lockstep"), r["config"]["tp"]))
+    header = ("| TP | harness | batch-1 tok/s | x | throughput tok/s | x | weights/GPU MiB | KV cache/GPU MiB | "
+              "KV capacity tokens |")
+    lines = [header, "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    notes: list[str] = []
+    for harness in dict.fromkeys(r["config"].get("harness", "lockstep") for r in results):
+        group = [r for r in results if r["config"].get("harness", "lockstep") == harness]
+        _group_rows(group, harness, lines, notes)
+    return "\n".join(lines + [""] + notes) + "\n"
+
+
+def _group_rows(results: list[dict], harness: str, lines: list[str], notes: list[str]) -> None:
     base = results[0]
-    notes = []
     backends = list(base["greedy"])
     if len(backends) > 1:  # the bf16 noise floor: two backends at the same size, same weights
         shared = agreement(base["greedy"][backends[0]]["token_ids"], base["greedy"][backends[1]]["token_ids"])
-        notes.append(f"- noise floor: at TP={base['config']['tp']}, {backends[0]} and {backends[1]} share {shared} "
-                     f"of {GREEDY_TOKENS} leading greedy tokens per prompt")
+        notes.append(f"- {harness} noise floor: at TP={base['config']['tp']}, {backends[0]} and {backends[1]} share "
+                     f"{shared} of {GREEDY_TOKENS} leading greedy tokens per prompt")
     for r in results[1:]:
         for attn, g in r["greedy"].items():
             if attn in base["greedy"]:
                 shared = agreement(base["greedy"][attn]["token_ids"], g["token_ids"])
-                notes.append(f"- greedy {attn}: TP={r['config']['tp']} shares {shared} of {GREEDY_TOKENS} leading "
-                             f"tokens with TP={base['config']['tp']} per prompt; blocks free after: "
+                notes.append(f"- {harness} greedy {attn}: TP={r['config']['tp']} shares {shared} of {GREEDY_TOKENS} "
+                             f"leading tokens with TP={base['config']['tp']} per prompt; blocks free after: "
                              f"{g['blocks_free_after']}/{g['num_blocks']}")
         if "collectives_ms_per_step" in r:
-            notes.append(f"- TP={r['config']['tp']} batch-1: collectives cost {r['collectives_ms_per_step']:.3f} ms "
-                         f"per decode step ({r['collectives_per_step']} collectives)")
-    lines = ["| TP | batch-1 tok/s | x | throughput tok/s | x | weights/GPU MiB | KV cache/GPU MiB | KV capacity tokens |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            notes.append(f"- {harness} TP={r['config']['tp']} batch-1: collectives cost "
+                         f"{r['collectives_ms_per_step']:.3f} ms per decode step ({r['collectives_per_step']} collectives)")
     for r in results:
         b, t, m = r["batch1"]["tokens_per_s"], r["throughput"]["output_tokens_per_s"], r["memory"]
-        lines.append(f"| {r['config']['tp']} | {b:,.1f} | {b / base['batch1']['tokens_per_s']:.2f} | {t:,.0f} | "
-                     f"{t / base['throughput']['output_tokens_per_s']:.2f} | {m['weights_mib']:,.0f} | "
+        lines.append(f"| {r['config']['tp']} | {harness} | {b:,.1f} | {b / base['batch1']['tokens_per_s']:.2f} | "
+                     f"{t:,.0f} | {t / base['throughput']['output_tokens_per_s']:.2f} | {m['weights_mib']:,.0f} | "
                      f"{m['kv_cache_mib']:,.0f} | {m['kv_capacity_tokens']:,} |")
-    return "\n".join(lines + [""] + notes) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ruvoninference.bench.tp")
-    parser.add_argument("mode", choices=("run", "size1", "table"))
+    parser.add_argument("mode", choices=("run", "engine", "size1", "table"))
     parser.add_argument("files", nargs="*", help="table: the JSON files of `run`")
     parser.add_argument("--tp", type=int, default=1)
     parser.add_argument("--model", default="qwen3-8b-random")
@@ -302,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.mode == "size1":
         result = size1(args)
+    elif args.mode == "engine":
+        result = engine_run(args)
     else:
         result = spawn(run_rank, args.tp, torch.device(args.device), (args,))
     result["device"] = describe(args.device)

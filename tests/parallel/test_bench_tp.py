@@ -20,10 +20,14 @@ def test_table_puts_each_size_beside_the_smallest():
     tp2["batch1"]["tokens_per_s"] *= 1.5
     tp2["greedy"]["triton"]["token_ids"][0][3] += 1  # one flip at position 3 of the first prompt
     tp2.update(collectives_ms_per_step=0.25, collectives_per_step=74)
-    text = table([tp2, tp1])
+    engine1 = copy.deepcopy(tp1)
+    engine1["config"]["harness"] = "engine"
+    engine1["batch1"]["tokens_per_s"] = 100.0
+    text = table([tp2, engine1, tp1])
     rows = [line for line in text.splitlines() if line.startswith("| ")][1:]
-    assert rows[0].startswith("| 1 | 156.5 | 1.00 |") and rows[1].startswith("| 2 | 234.8 | 1.50 |")
-    assert "771,072" in rows[0]
-    assert "greedy triton: TP=2 shares [3, 64, 64, 64, 64, 64, 64, 64] of 64" in text
-    assert "noise floor: at TP=1, flash_attention_2 and triton share [35, 15, 9, 0, 1, 19, 4, 11]" in text
-    assert "collectives cost 0.250 ms per decode step (74 collectives)" in text
+    assert rows[0].startswith("| 1 | engine | 100.0 | 1.00 |")  # each harness has its own base
+    assert rows[1].startswith("| 1 | lockstep | 156.5 | 1.00 |") and rows[2].startswith("| 2 | lockstep | 234.8 | 1.50 |")
+    assert "771,072" in rows[1]
+    assert "lockstep greedy triton: TP=2 shares [3, 64, 64, 64, 64, 64, 64, 64] of 64" in text
+    assert "lockstep noise floor: at TP=1, flash_attention_2 and triton share [35, 15, 9, 0, 1, 19, 4, 11]" in text
+    assert "lockstep TP=2 batch-1: collectives cost 0.250 ms per decode step (74 collectives)" in text
