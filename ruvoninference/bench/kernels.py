@@ -938,11 +938,15 @@ def _pct(x: float | None) -> float | None:
 
 
 def paged_plot(report: PagedReport, path: str) -> None:
-    """Achieved GB/s against kv_len, one panel per (heads, batch), with the copy bandwidth as a line."""
+    """Achieved GB/s against kv_len, one panel per (heads, batch), with the copy bandwidth as a line (a run
+    over --cell pairs: `bandwidth_plot`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    if report.config.get("pairs"):
+        return bandwidth_plot(report, path)
 
     panels = sorted({(r.heads_q, r.heads_kv, r.head_dim, r.batch) for r in report.decode})
     cols = max(1, len({p[3] for p in panels}))
@@ -966,6 +970,42 @@ def paged_plot(report: PagedReport, path: str) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"Paged decode, {report.config['dtype']}, {report.environment['device']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def bandwidth_plot(report: PagedReport, path: str) -> None:
+    """Achieved GB/s against the MB of K and V one call reads, a panel per head_dim: ours (pages of 256,
+    filled) and FlashAttention-2 (hollow), one colour per head shape, the copy rate as a dashed line. Bytes,
+    not tokens, on the x axis: few KV heads make few bytes, and a call's fixed cost is a larger share of them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dims = sorted({r.head_dim for r in report.decode})
+    fig, axes = plt.subplots(1, len(dims), figsize=(6.2 * len(dims), 4.8), squeeze=False, sharey=True)
+    for ax, d in zip(axes[0], dims):
+        shapes = sorted({(r.heads_q, r.heads_kv) for r in report.decode if r.head_dim == d},
+                        key=lambda s: (s[1], s[0]))
+        for i, (hq, hkv) in enumerate(shapes):
+            color = plt.cm.tab10.colors[i % 10]
+            for provider, fill in (("triton_paged_256", color), ("flash_attn_paged_256", "none")):
+                pts = [(r.gbps * r.us / 1e3, r.gbps) for r in report.decode
+                       if (r.heads_q, r.heads_kv, r.head_dim, r.provider) == (hq, hkv, d, provider) and r.gbps]
+                if pts:
+                    ax.scatter(*zip(*pts), color=color, facecolors=fill, s=36,
+                               label=f"{hq}/{hkv} " + ("ours" if provider.startswith("triton") else "FA2"))
+        if report.copy_gbps:
+            ax.axhline(report.copy_gbps, color="gray", linestyle="--", label="copy")
+        ax.set_xscale("log")
+        ax.set_title(f"head_dim {d}: ours filled, FlashAttention-2 hollow", fontsize=10)
+        ax.set_xlabel("MB of K and V read per call")
+        ax.set_ylabel("GB/s of K and V")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2, loc="upper left")
+    fig.suptitle(f"Paged decode, {report.config['dtype']}, {report.environment['device']}"
+                 + (", ragged lengths" if report.config.get("ragged") else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
