@@ -104,6 +104,8 @@ KvCacheMemory = Annotated[Optional[str], typer.Option(
     help="KV-cache budget, e.g. 512MiB, 2GiB or 1.5GB (default: 90% of free GPU memory; 1 GiB on a CPU).",
     callback=_size)]
 EnforceEager = Annotated[bool, typer.Option("--enforce-eager", help="No CUDA graphs: run every decode step eagerly.")]
+TensorParallelSize = Annotated[int, typer.Option(
+    "--tensor-parallel-size", "-tp", help="Cut the model over this many GPUs, one process each (1 = no cut).")]
 
 
 def interrupted() -> NoReturn:

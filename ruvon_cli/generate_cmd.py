@@ -11,6 +11,7 @@ from ruvon_cli.common import (
     BlockSize, Device, Dtype, EnforceEager, JsonPath, KvCacheMemory, MarkdownPath, MaxBatchSize, Model, Prompt, Prompts,
     Scheduler, build_engine, command_line, engine_config, friendly, pick_implementations,
 )
+from ruvon_cli.common import TensorParallelSize
 from ruvon_cli.render import console, err_console
 from ruvon_cli.spec_cmd import (
     DraftModel, NgramMax, NumSpeculativeTokens, Speculative, speculation_line, speculative_options,
@@ -37,6 +38,7 @@ def generate(
     block_size: BlockSize = None,
     kv_cache_memory: KvCacheMemory = None,
     enforce_eager: EnforceEager = False,
+    tensor_parallel_size: TensorParallelSize = 1,
     speculative: Speculative = None,
     num_speculative_tokens: NumSpeculativeTokens = 4,
     draft_model: DraftModel = None,
@@ -63,7 +65,7 @@ def generate(
 
     spec = speculative_options(speculative, num_speculative_tokens, draft_model, ngram_max)
     engine = build_engine(model, attn, device, dtype, scheduler, max_batch_size, block_size, kv_cache_memory,
-                          enforce_eager, **spec)
+                          enforce_eager, tensor_parallel_size=tensor_parallel_size, **spec)
     prompt_ids = [engine.encode(t) for t in text]
     for ids in prompt_ids:  # a prompt that does not fit fails before any output
         engine.check_request(ids, sampling)
