@@ -154,6 +154,11 @@ def implementations(device: Device = None, dtype: Dtype = None) -> None:
         else:
             table.add_row(impl.value, "[green]available[/green]", "")
     console.print(table)
+    import torch
+
+    gpus = torch.cuda.device_count()
+    parallel = f"--tensor-parallel-size up to {gpus}" if gpus else "tensor parallelism runs on the CPU (gloo)"
+    console.print(f"{gpus} CUDA GPU{'s' * (gpus != 1)} visible: {parallel}")
 
 
 def run_benchmark(model, text, max_tokens, device, dtype, warmup, repeats, baseline, attn, detailed,
