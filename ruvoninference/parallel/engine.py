@@ -231,6 +231,9 @@ def tensor_parallel_engine(model: str, attn: str = "sdpa", device: str | None = 
     `Engine(model, ..., tensor_parallel_size=N)` calls this; the arguments are the Engine's.
     """
     engine_kwargs["attn"] = attn
+    if engine_kwargs.get("speculative"):
+        raise RuvonError("Speculative decoding does not run tensor-parallel yet; drop --speculative or use a "
+                         "tensor-parallel size of 1.")
     if not isinstance(model, str):
         raise RuvonError("Tensor parallelism loads the model in every process; give the model's name, not a bundle.")
     dev = resolve_device(device)
