@@ -33,6 +33,7 @@ weights (`Engine(model=bundle)`), so `/completions` can serve `sdpa` and `eager`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -237,12 +238,18 @@ class AsyncEngine:
         self.state = "ready"
         self.ready_event.set()
         while not self._stop.is_set():
-            busy = any(engine.has_unfinished() for engine in self.engines.values())
-            self._drain(block=not busy)
-            for implementation, engine in list(self.engines.items()):
-                if engine.has_unfinished():
-                    self._step(implementation, engine)
-            self._count_waiting()
+            try:
+                busy = any(engine.has_unfinished() for engine in self.engines.values())
+                self._drain(block=not busy)
+                for implementation, engine in list(self.engines.items()):
+                    if engine.has_unfinished():
+                        self._step(implementation, engine)
+                self._count_waiting()
+            except Exception as exc:  # noqa: BLE001 (a bug outside a step: never let the thread die silently)
+                log.error("engine loop failed:\n%s", "".join(traceback.format_exception(exc)))
+                for request_id in list(self._tracked):
+                    with contextlib.suppress(Exception):
+                        self._fail(request_id, EngineFailure(ENGINE_FAILED))
 
     def _new_engine(self, implementation: str, **kwargs):
         from ruvoninference.engine import Engine
