@@ -10,6 +10,7 @@
   PYTHONPATH=. python3 scripts/kernel_explore.py --shapes       # decode on untuned head shapes, ragged: splits x tiles
   PYTHONPATH=. python3 scripts/kernel_explore.py --prefill-short   # batch-1 prompts of 256-2k tokens vs FA2, SDPA
   PYTHONPATH=. python3 scripts/kernel_explore.py --kernels-ran  # the attention kernels `flash` reports, per backend
+  PYTHONPATH=. python3 scripts/kernel_explore.py --fit-fixed-cost SWEEP.json  # per shape: fixed µs + streaming GB/s
 
 Prefill variants each run in their own process because the switches are read when the kernel is launched
 and the autotuner caches its choice per process. The paged sweep times, on a few decode cells, every tile
@@ -507,6 +508,24 @@ def prefill_short() -> None:
                                   "host_us": host_us and round(host_us, 1), "status": status, **extra}), flush=True)
 
 
+def fixed_cost_fit(path: str) -> None:
+    """Per head shape of a `kernel paged --cell` run: a least-squares line time = fixed + bytes / rate over its
+    cells (batch 1 × 1k left out: it is all fixed cost), for ours at pages of 256. Prints fixed µs and GB/s."""
+    import numpy as np
+
+    with open(path) as f:
+        data = json.load(f)
+    cells: dict[tuple, list] = {}
+    for r in data["decode"]:
+        if r["provider"] == "triton_paged_256" and r["us"] and not (r["batch"] == 1 and r["kv_len"] == 1024):
+            cells.setdefault((r["heads_q"], r["heads_kv"], r["head_dim"]), []).append((r["gbps"] * r["us"] / 1e3, r["us"]))
+    for (hq, hkv, d), pts in sorted(cells.items()):
+        mb, us = np.array(pts).T
+        fixed, per_mb = np.linalg.lstsq(np.stack([np.ones_like(mb), mb], 1), us, rcond=None)[0]
+        print(json.dumps({"heads": f"{hq}/{hkv}x{d}", "cells": len(pts), "fixed_us": round(float(fixed), 1),
+                          "gbps": round(1e3 / float(per_mb)), "mb": [round(float(mb.min())), round(float(mb.max()))]}))
+
+
 def kernels_ran() -> None:
     """What `flash` records as the attention kernels, per backend, on a small random Llama (Qwen3-0.6B's
     16/8 x 128 heads, 2 layers; no tokenizer needed): bench.prefill.attention_ops on 256 tokens."""
@@ -561,6 +580,8 @@ if __name__ == "__main__":
         paged_prefill_sweep()
     elif len(sys.argv) > 1 and sys.argv[1] == "--shapes":
         shapes_sweep()
+    elif len(sys.argv) > 2 and sys.argv[1] == "--fit-fixed-cost":
+        fixed_cost_fit(sys.argv[2])
     elif len(sys.argv) > 1 and sys.argv[1] == "--kernels-ran":
         kernels_ran()
     elif len(sys.argv) > 2 and sys.argv[1] == "--flash-profile":

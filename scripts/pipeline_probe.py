@@ -115,7 +115,26 @@ def sass_loops(cubin: bytes) -> list[dict[str, int]]:
 SAME_ITERATION_LOOKUP = [("PAGE_SIZE, CAUSAL, False, True,", "PAGE_SIZE, CAUSAL, False, False,"),
                          ("PAGE_SIZE, CAUSAL, True, True,", "PAGE_SIZE, CAUSAL, True, False,")]
 
+def decode_groups(groups: list[int]) -> None:
+    """The decode kernel compiled for each query-head group: which tensor-core instruction its 16-row tile
+    becomes, how many per program, and each loop's instruction count (the group's rows are padding or not)."""
+    fn, types, constants, warps, stages = KERNELS["paged decode, pages of 256"]
+    for group in groups:
+        block_g = max(16, triton.next_power_of_2(group))
+        kernel = compile_for_hopper(fn, types, {**constants, "QUERIES_PER_KV": group, "BLOCK_G": block_g},
+                                    warps, stages)
+        ptx = kernel.asm["ptx"]
+        shapes = sorted(set(re.findall(r"mma\.sync\.aligned\.(m\d+n\d+k\d+)", ptx)))
+        loops = sass_loops(kernel.asm["cubin"])
+        print(f"decode, group {group} in {block_g} rows | wgmma: {ptx.count('wgmma.mma_async')} | "
+              f"mma.sync: {ptx.count('mma.sync')} {shapes} | loop instructions: {[lp['instructions'] for lp in loops]}")
+
+
 if __name__ == "__main__":
+    if "--decode-groups" in sys.argv:  # e.g. --decode-groups 4,7: what a group that is not a power of two costs
+        print(f"triton {triton.__version__}, target sm_90")
+        decode_groups([int(g) for g in sys.argv[sys.argv.index("--decode-groups") + 1].split(",")])
+        sys.exit(0)
     if "--paged-from" in sys.argv:  # the paged kernels of another file, e.g. an earlier commit's
         from kernel_explore import module_from_file
 
