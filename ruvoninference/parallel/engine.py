@@ -218,7 +218,8 @@ def check_parallel_size(model: str, tensor_parallel_size: int, device: torch.dev
     if device.type == "cuda" and tensor_parallel_size > torch.cuda.device_count():
         raise RuvonError(
             f"A tensor-parallel size of {tensor_parallel_size} needs {tensor_parallel_size} GPUs but "
-            f"{torch.cuda.device_count()} are visible; use at most {torch.cuda.device_count()}."
+            f"{torch.cuda.device_count()} {'is' if torch.cuda.device_count() == 1 else 'are'} visible; use at most "
+            f"{torch.cuda.device_count()}, or --device cpu (gloo, for tests)."
         )
     check_shardable(model_config(model), tensor_parallel_size)
 

@@ -40,3 +40,37 @@ def test_two_ranks_give_one_process_tokens_under_preemption():
     assert result.returncode == 0, result.stdout + result.stderr
     assert "greedy tokens equal TP=1 for 5 prompts" in result.stdout
     assert "no worker process left" in result.stdout
+
+
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "cli.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          check=False, env={**os.environ, **(env or {})})
+
+
+def test_cli_refuses_sizes_and_ports_in_one_sentence():
+    import socket
+
+    bad = cli("generate", "--text", "hi", "--model", "qwen3-8b-random", "--device", "cpu", "-tp", "3")
+    assert bad.returncode == 2 and "size of 3 does not divide this model's 32 query heads" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = cli("generate", "--text", "hi", "--model", "gpt2-random", "--device", "cpu",
+                   "--tensor-parallel-size", "2", env={"MASTER_PORT": str(port)})
+    assert busy.returncode == 2 and f"rendezvous port {port} on 127.0.0.1 is already in use" in busy.stderr
+
+
+def test_more_ranks_than_gpus_is_one_sentence():
+    import pytest
+
+    from ruvoninference.errors import RuvonError
+    from ruvoninference.parallel.engine import check_parallel_size
+
+    visible = torch.cuda.device_count()
+    wanted = max(2, visible + 1)  # a size that also passes the head check (32 query heads)
+    with pytest.raises(RuvonError, match=f"size of {wanted} needs {wanted} GPUs but {visible} (is|are) visible"):
+        check_parallel_size("qwen3-8b-random", wanted, torch.device("cuda"))
