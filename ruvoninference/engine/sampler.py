@@ -236,18 +236,50 @@ def draw(probs: torch.Tensor, t: SamplingTensors, generator: torch.Generator | N
     return probs.div_(noise).argmax(dim=-1)  # in place: probs is the caller's scratch
 
 
+def draw_keys(t: SamplingTensors, n: int, device: torch.device,
+              generator: torch.Generator | None) -> torch.Tensor:
+    """Each row's 32-bit noise key [N]: from its seed and position when seeded, else from the generator."""
+    keys = torch.randint(0, 1 << 32, (n,), device=device, generator=generator, dtype=torch.int64)
+    if t.seeded_rows is not None:
+        keys[t.seeded_rows] = row_keys(t.seeds, t.positions)
+    return keys
+
+
+def _fused_draw(x: torch.Tensor) -> bool:
+    """On CUDA the draw is one Triton kernel (`kernels/sampling.py`); elsewhere it is the PyTorch code above."""
+    return x.is_cuda and x.stride(-1) == 1 and _triton_available()
+
+
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def sample(logits: torch.Tensor, t: SamplingTensors, generator: torch.Generator | None = None) -> SamplerOutput:
     """One token per row of `logits` [N, V] (any float dtype)."""
-    raw = logits.float()
-    logits = apply_penalties(apply_logit_bias(raw, t), t)
+    edits = t.penalty_rows is not None or t.bias_index is not None or t.no_eos is not None
+    # The fused draw reads the logits in their own dtype; every other path works on a float32 copy.
+    plain = not edits and t.top_k is None and not t.logprob_rows and not t.all_greedy and _fused_draw(logits)
+    raw = logits if plain else logits.float()
+    scores = apply_penalties(apply_logit_bias(raw, t), t)
     if t.all_greedy:
-        return _with_logprobs(raw, logits.argmax(dim=-1), t)
-    scaled = logits / t.temperature[:, None]
+        return _with_logprobs(raw, scores.argmax(dim=-1), t)
+    inv_temperature = t.temperature.reciprocal()
     if t.top_k is not None:
-        scaled = apply_top_k_top_p(scaled, t.top_k, t.top_p)
-    tokens = draw(scaled.softmax(dim=-1), t, generator)
+        scores = apply_top_k_top_p(scores * inv_temperature[:, None], t.top_k, t.top_p)
+        inv_temperature = torch.ones_like(inv_temperature)
+    if _fused_draw(scores):
+        from ruvoninference.kernels.sampling import gumbel_argmax
+
+        keys = draw_keys(t, scores.shape[0], scores.device, generator)
+        tokens = gumbel_argmax(scores, inv_temperature, (~t.greedy).float(), keys)
+        return _with_logprobs(raw, tokens, t)
+    tokens = draw((scores * inv_temperature[:, None]).softmax(dim=-1), t, generator)
     if t.any_greedy:
-        tokens = torch.where(t.greedy, logits.argmax(dim=-1), tokens)
+        tokens = torch.where(t.greedy, scores.argmax(dim=-1), tokens)
     return _with_logprobs(raw, tokens, t)
 
 

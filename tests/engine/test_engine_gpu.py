@@ -6,7 +6,8 @@ near-tied logits make fp16 greedy tokens fragile, in fp32 with the reference bac
 import pytest
 import torch
 
-from ruvoninference.attention import get_available_implementations, load_model_with_attention
+from ruvoninference.attention import get_available_implementations, load_model_with_attention, parse_implementation
+from ruvoninference.attention.paged import default_block_size
 from ruvoninference.engine import Engine, SamplingParams
 from ruvoninference.engine.kv_cache import bytes_per_block
 from ruvoninference.models import load_model
@@ -34,7 +35,7 @@ def _bundle(bundles, name, dtype):
 
 
 def _engine(bundle, attn, blocks=None, **kw):
-    block_size = 256 if attn == "flash_attention_2" else 16
+    block_size = default_block_size(parse_implementation(attn))
     memory = None if blocks is None else blocks * bytes_per_block(bundle.config, block_size, bundle.dtype)
     return Engine(bundle, attn, kv_cache_memory=memory or 256 << 20, **kw)
 
@@ -52,7 +53,7 @@ def test_graphs_batching_and_pressure_give_the_same_tokens(bundles, name, dtype,
     assert graphs.use_cuda_graphs
     assert [o.token_ids for o in graphs.generate(PROMPTS, sampling)] == alone
     # Few blocks and a batch of 2: requests queue and get preempted, then run again.
-    blocks = 3 if attn != "flash_attention_2" else 2
+    blocks = 3 if default_block_size(parse_implementation(attn)) == 16 else 2
     tight = _engine(bundle, attn, blocks=blocks, max_batch_size=2, max_num_batched_tokens=16)
     assert [o.token_ids for o in tight.generate(PROMPTS, sampling)] == alone
     assert tight.block_manager.num_free_blocks == tight.block_manager.num_blocks
@@ -82,3 +83,15 @@ def test_random_models_fp32_equal_hf_generate(bundles, name):
     eng = _engine(_bundle(bundles, name, torch.float32), "sdpa")
     assert eng.generate([PROMPTS[0]], SamplingParams(max_tokens=16, ignore_eos=True))[0].token_ids == \
         out[0, ids.input_ids.shape[1]:].tolist()
+
+
+def test_seeded_sampling_on_the_gpu_does_not_depend_on_the_batch(bundles):
+    """The fused draw: a seeded request gives the same tokens alone and in a batch of 8, graphs on."""
+    bundle = _bundle(bundles, "qwen3-0.6b-random", torch.bfloat16)
+    attn = "flash_attention_2" if _available("flash_attention_2") else "sdpa"
+    target = SamplingParams(temperature=0.9, seed=11, max_tokens=16, ignore_eos=True)
+    alone = _engine(bundle, attn).generate([PROMPTS[0]], target)[0].token_ids
+    others = [SamplingParams(temperature=0.6, max_tokens=12, ignore_eos=True), SamplingParams(max_tokens=9)]
+    batch = _engine(bundle, attn).generate([PROMPTS[0]] + [PROMPTS[i % len(PROMPTS)] for i in range(7)],
+                                           [target] + [others[i % 2] for i in range(7)])
+    assert batch[0].token_ids == alone
