@@ -87,17 +87,9 @@ def load_model(
     eos = _eos_token_ids(hf_model.generation_config, tokenizer)
     del hf_model  # the tensors we did not fuse or transpose now belong to our model alone
     embedded = weights.EMBEDDED_MODELS.get(name)
-    return ModelBundle(
-        model=model,
-        tokenizer=tokenizer,
-        name=name,
-        config=config,
-        context_length=weights.context_length(hf_config),
-        eos_token_ids=eos,
-        random_weights=embedded is not None and embedded.random_weights,
-        device=device,
-        dtype=dtype,
-    )
+    random_weights = embedded is not None and embedded.random_weights
+    return ModelBundle(model, tokenizer, name, config, weights.context_length(hf_config), eos, random_weights,
+                       device, dtype)
 
 
 def model_config(name: str, progress: weights.ProgressCallback | None = None) -> ModelConfig:
@@ -125,17 +117,8 @@ def _load_seeded(name: str, device: torch.device, dtype: torch.dtype, progress: 
     if progress:
         progress(f"Drew {name}'s seeded weights", 1, 1)
     tokenizer = GPT2Tokenizer.from_pretrained(str(weights.gpt2_tokenizer_folder()))
-    return ModelBundle(
-        model=model,
-        tokenizer=tokenizer,
-        name=name,
-        config=config,
-        context_length=weights.context_length(hf_config),
-        eos_token_ids=frozenset([hf_config.eos_token_id]),
-        random_weights=True,
-        device=device,
-        dtype=dtype,
-    )
+    eos = frozenset([hf_config.eos_token_id])
+    return ModelBundle(model, tokenizer, name, config, weights.context_length(hf_config), eos, True, device, dtype)
 
 
 @torch.no_grad()
