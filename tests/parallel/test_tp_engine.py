@@ -74,3 +74,45 @@ def test_more_ranks_than_gpus_is_one_sentence():
     wanted = max(2, visible + 1)  # a size that also passes the head check (32 query heads)
     with pytest.raises(RuvonError, match=f"size of {wanted} needs {wanted} GPUs but {visible} (is|are) visible"):
         check_parallel_size("qwen3-8b-random", wanted, torch.device("cuda"))
+
+
+def test_a_graph_decode_lands_in_the_workers_own_graph_buffers():
+    """Rank 0's graph-bucket decode inputs, unpacked by a worker runner, give the same tensors in its buffers.
+    (The buffers exist on any device; no graph is captured or replayed here.)"""
+    from types import SimpleNamespace
+
+    from transformers import GPT2Config
+
+    from ruvoninference.attention import AttentionImplementation
+    from ruvoninference.engine.kv_cache import allocate_kv_cache
+    from ruvoninference.engine.model_runner import ModelRunner
+    from ruvoninference.engine.scheduler import ScheduledBatch
+    from ruvoninference.engine.sequence import Sequence
+    from ruvoninference.models import ModelConfig
+    from ruvoninference.models.gpt2 import GPT2
+    from ruvoninference.sampling import SamplingParams
+
+    config = ModelConfig.from_hf(GPT2Config(n_layer=1, n_head=2, n_embd=32, vocab_size=64, n_positions=128))
+    bundle = SimpleNamespace(model=GPT2(config), config=config)
+
+    def runner() -> ModelRunner:
+        cache = allocate_kv_cache(config, 16, 16, torch.device("cpu"), torch.float32)
+        return ModelRunner(bundle, AttentionImplementation.SDPA, cache, max_batch_size=4, max_model_len=128,
+                           use_cuda_graphs=True)
+
+    driver, worker = runner(), runner()
+    seqs = []
+    for i, n in enumerate((5, 20, 33)):
+        seq = Sequence(f"s{i}", list(range(1, n + 1)), SamplingParams(), frozenset())
+        seq.num_computed_tokens, seq.block_table = n - 1, [3 * i + b for b in range(-(-n // 16))]
+        seqs.append(seq)
+    sent = driver.prepare(ScheduledBatch(seqs, [1, 1, 1], 0))
+    assert sent.graph_key is not None and sent.graph_key[0] == 4  # 3 sequences in the 4-bucket
+    header, payload = pack(sent)
+    got = unpack(header.tolist(), payload, worker)
+    assert got.graph_key == sent.graph_key and got.num_rows == 3
+    assert got.input_ids.data_ptr() == worker._input_ids.data_ptr()  # the worker's own buffers
+    for a, b in [(got.input_ids, sent.input_ids), (got.positions, sent.positions),
+                 (got.meta.slot_mapping, sent.meta.slot_mapping), (got.meta.decode.seq_lens, sent.meta.decode.seq_lens),
+                 (got.meta.decode.block_tables, sent.meta.decode.block_tables)]:
+        assert torch.equal(a, b)
