@@ -23,6 +23,8 @@ from ruvon_cli.common import (
 )
 from ruvon_cli.render import console
 
+DEFAULT_KV_CACHE_BYTES = 2 << 30  # per engine on a GPU: 64 requests of 200 prompt + 128 new tokens need < 1 GiB
+
 Speculative = Annotated[Optional[str], typer.Option(
     "--speculative", help="ngram (prompt lookup) or draft (a second model, --draft-model); off by default.")]
 NumSpeculativeTokens = Annotated[int, typer.Option(
@@ -59,6 +61,7 @@ def speculative(
 ) -> None:
     """Greedy decoding with and without speculation on copying and free text: tokens/s, acceptance, same tokens."""
     from ruvoninference.bench.speculative import WORKLOADS, benchmark_speculative, to_markdown
+    from ruvoninference.config import resolve_device
     from ruvoninference.engine import Engine
     from ruvoninference.engine.speculative import check_speculative
     from ruvoninference.environment import describe
@@ -75,6 +78,8 @@ def speculative(
     settings = {"off": {}, f"ngram k={num_speculative_tokens}": {
         "speculative": "ngram", "num_speculative_tokens": num_speculative_tokens, "ngram_max": ngram_max}}
     budget = kv_cache_budget(kv_cache_memory, device)
+    if budget is None and resolve_device(device).type == "cuda":
+        budget = DEFAULT_KV_CACHE_BYTES  # two or three engines share the GPU: none may take its default 90%
     with render.progress_bar() as progress:
         progress(f"Loading {model} ({attn})", 0, 1)
         base = Engine(model, attn, device, dtype, max_batch_size=max(batches), block_size=block_size,

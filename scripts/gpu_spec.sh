@@ -27,9 +27,9 @@ if [ -f /tmp/g/model.gguf ]; then model=smollm2-135m; fi
 echo "model: $model" | tee -a "$OUT/device.txt"
 common=(--model "$model" --device cuda --dtype float16 --attn "${ATTN:-sdpa}" --max-tokens 128
         --num-speculative-tokens 4)
-run timeout 95 python3 cli.py benchmark speculative "${common[@]}" --batch-size 1 --batch-size 64 --repeats 2 \
+run timeout 150 python3 cli.py benchmark speculative "${common[@]}" --batch-size 1 --batch-size 64 --repeats 2 \
     --draft-model "$model" --json "$OUT/spec-$model.json" --markdown "$OUT/spec-$model.md"
 # Where speculation stops paying as the batch grows: the copying prompts with speculation always on.
-run timeout 45 python3 cli.py benchmark speculative "${common[@]}" --workload copying --batch-size 8 \
+run timeout 60 python3 cli.py benchmark speculative "${common[@]}" --workload copying --batch-size 8 \
     --batch-size 64 --max-speculative-batch 1000 --repeats 1 \
     --json "$OUT/spec-$model-batch-sweep.json" --markdown "$OUT/spec-$model-batch-sweep.md"
