@@ -218,7 +218,7 @@ def paged_p3() -> None:
     import triton.testing
 
     from ruvoninference.bench.kernels import (
-        DECODE_BATCHES, DECODE_HEADS, DECODE_KV_LENS, PREFILL_SEQ_LENS, _graph_time_us, decode_cells,
+        DECODE_BATCHES, DECODE_HEADS, DECODE_KV_LENS, PREFILL_SEQ_LENS, decode_cells,
         shuffled_tables)
     from ruvoninference.kernels.flash_attention import flash_attention_triton
 
@@ -304,6 +304,18 @@ def paged_prefill_sweep() -> None:
             torch.cuda.empty_cache()
 
 
+def graph_times(runs: dict, rep: int):
+    """(key, (µs or None, status)) for each callable of `runs`, timed by CUDA-graph replays; a run that fails
+    (a tile that does not compile) is a result too."""
+    from ruvoninference.bench.kernels import _graph_time_us
+
+    for key, fn in runs.items():
+        try:
+            yield key, (_graph_time_us(fn, rep=rep), "ok")
+        except Exception as exc:
+            yield key, (None, f"{type(exc).__name__}: {str(exc)[:100]}")
+
+
 def module_from_file(name: str, path: str):
     """A kernel module imported from a file of its own (an earlier version, kept outside the package)."""
     import importlib.util
@@ -328,7 +340,7 @@ def paged_p4(old_path: str) -> None:
     import triton.testing
 
     from ruvoninference.bench.kernels import (
-        DECODE_BATCHES, DECODE_HEADS, DECODE_KV_LENS, PREFILL_SEQ_LENS, _graph_time_us, decode_cells,
+        DECODE_BATCHES, DECODE_HEADS, DECODE_KV_LENS, PREFILL_SEQ_LENS, decode_cells,
         shuffled_tables)
     from ruvoninference.kernels import paged_attention as new
     from ruvoninference.kernels.flash_attention import flash_attention_triton
@@ -371,11 +383,7 @@ def paged_p4(old_path: str) -> None:
                 for t in P4_DECODE_TILES:
                     runs[("new256", t, s)] = (lambda t=t, s=s: new.paged_decode_attention(
                         q, k256, v256, tables[256], lens, out=out, num_splits=s, tile=new.Tile(*t)))
-        for (name, tile, splits), fn in runs.items():
-            try:
-                us, status = _graph_time_us(fn, rep=30), "ok"
-            except Exception as exc:
-                us, status = None, f"{type(exc).__name__}: {str(exc)[:100]}"
+        for (name, tile, splits), (us, status) in graph_times(runs, rep=30):
             print(json.dumps({"part": "decode", "cell": cell, "run": name, "tile": tile, "splits": splits,
                               "us": us and round(us, 2), "gbps": us and round(kv_bytes / us / 1e3),
                               "status": status}), flush=True)
@@ -419,11 +427,7 @@ def shapes_sweep() -> None:
             for s in sorted({chosen, min(pa.MAX_SPLITS, 2 * chosen)}):
                 runs[("tile", t, s)] = (lambda t=t, s=s: pa.paged_decode_attention(
                     q, k, v, tables[256], lens, out=out, num_splits=s, tile=pa.Tile(*t)))
-        for (name, tile, splits), fn in runs.items():
-            try:
-                us, status = _graph_time_us(fn, rep=25), "ok"
-            except Exception as exc:
-                us, status = None, f"{type(exc).__name__}: {str(exc)[:100]}"
+        for (name, tile, splits), (us, status) in graph_times(runs, rep=25):
             nbytes = pool_k.numel() * 4 if name.endswith("_full") else kv_bytes
             print(json.dumps({"part": "shapes", "cell": cell, "run": name, "tile": tile, "splits": splits,
                               "rule_splits": chosen, "us": us and round(us, 2),

@@ -775,14 +775,22 @@ def run_short_prefill_benchmark(report: PagedReport, seq_lens, heads, dtype, pro
             report.prefill_short.append(row)
 
 
+PROMPT_KEY = ("heads_q", "heads_kv", "head_dim", "seq_len")
+
+
+def cells_by(rows, key: tuple[str, ...]) -> dict[tuple, dict[str, object]]:
+    """Rows grouped into cells by the fields in `key`, each cell {provider: row}, in first-seen order."""
+    cells: dict[tuple, dict[str, object]] = {}
+    for r in rows:
+        cells.setdefault(tuple(getattr(r, f) for f in key), {})[r.provider] = r
+    return cells
+
+
 def prefill_short_ratios(report: PagedReport) -> list[dict]:
     """Per prompt: FA2's time over ours (> 1: ours faster), CUDA-graph and eager, contiguous and paged."""
-    cells: dict[tuple, dict[str, ShortPrefillRow]] = {}
-    for r in report.prefill_short:
-        cells.setdefault((r.heads_q, r.heads_kv, r.head_dim, r.seq_len), {})[r.provider] = r
     out = []
-    for key, cell in cells.items():
-        entry = dict(zip(("heads_q", "heads_kv", "head_dim", "seq_len"), key))
+    for key, cell in cells_by(report.prefill_short, PROMPT_KEY).items():
+        entry = dict(zip(PROMPT_KEY, key))
         fa2 = cell.get("flash_attn")
         for ours in ("ours_contiguous", "ours_paged_256"):
             mine = cell.get(ours)
@@ -817,12 +825,9 @@ def decode_ratios(report: PagedReport) -> list[dict]:
 
 def prefill_ratios(report: PagedReport) -> list[dict]:
     """Per cell: contiguous time over paged time (1.0 = paging costs nothing; the goal is >= 0.9)."""
-    cells: dict[tuple, dict[str, PagedPrefillRow]] = {}
-    for r in report.prefill:
-        cells.setdefault((r.heads_q, r.heads_kv, r.head_dim, r.seq_len), {})[r.provider] = r
     out = []
-    for key, cell in cells.items():
-        entry = dict(zip(("heads_q", "heads_kv", "head_dim", "seq_len"), key))
+    for key, cell in cells_by(report.prefill, PROMPT_KEY).items():
+        entry = dict(zip(PROMPT_KEY, key))
         base = cell.get("triton_contiguous")
         for size in (16, 256):
             ours = cell.get(f"triton_paged_{size}")
@@ -916,11 +921,8 @@ def short_prefill_markdown(report: PagedReport) -> list[str]:
         + " | contiguous ÷FA2 graph | contiguous ÷FA2 eager | paged ÷FA2 graph | paged ÷FA2 eager |",
         "|" + "---|" * (2 + 2 * len(SHORT_PROVIDERS) + 4),
     ]
-    ratio = {(r["heads_q"], r["heads_kv"], r["head_dim"], r["seq_len"]): r for r in prefill_short_ratios(report)}
-    cells: dict[tuple, dict[str, ShortPrefillRow]] = {}
-    for r in report.prefill_short:
-        cells.setdefault((r.heads_q, r.heads_kv, r.head_dim, r.seq_len), {})[r.provider] = r
-    for key, cell in cells.items():
+    ratio = {tuple(r[f] for f in PROMPT_KEY): r for r in prefill_short_ratios(report)}
+    for key, cell in cells_by(report.prefill_short, PROMPT_KEY).items():
         vals = []
         for p in SHORT_PROVIDERS:
             r = cell.get(p)

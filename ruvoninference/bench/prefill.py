@@ -167,7 +167,8 @@ def attention_ops(loaded: LoadedModel, input_ids: list[int]) -> tuple[list[str],
     ids = torch.tensor([input_ids], device=loaded.device)
     cuda = loaded.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities, with_stack=True, record_shapes=True) as prof:
+    # Python frames (with_stack) say which operators ran inside the attention function; no USDT start/stop lines.
+    with native_stderr_silenced(), profile(activities=activities, with_stack=True, record_shapes=True) as prof:
         loaded.model(input_ids=ids, use_cache=True, logits_to_keep=1)
         if cuda:
             torch.cuda.synchronize(loaded.device)
