@@ -1,5 +1,5 @@
 """The tensor-parallel engine: a step's inputs survive the trip as tensors; the engine over 2 gloo ranks gives
-one process's greedy tokens (tp_engine_check.py, in a subprocess, so its workers are real processes)."""
+one process's greedy tokens (tp_engine_check.py with a tiny GPT-2, in a subprocess: real worker processes)."""
 
 import subprocess
 import sys
