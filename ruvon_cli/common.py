@@ -110,8 +110,9 @@ TensorParallelSize = Annotated[int, typer.Option(
 
 def interrupted() -> NoReturn:
     """Ctrl-C: one line and exit 130; a second Ctrl-C while Python shuts down ends it at once, silently."""
-    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # not while the line is printed
     err_console.print("Interrupted.")
+    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
     raise typer.Exit(130)
 
 

@@ -163,7 +163,6 @@ def implementations(device: Device = None, dtype: Dtype = None) -> None:
 
 def run_benchmark(model, text, max_tokens, device, dtype, warmup, repeats, baseline, attn, detailed,
                   json_path, markdown_path, enforce_eager=False):
-    from ruvoninference.bench.generation import compare_implementations, to_markdown
     from ruvoninference.errors import RuvonError
 
     if baseline not in (None, "hf"):
@@ -172,6 +171,7 @@ def run_benchmark(model, text, max_tokens, device, dtype, warmup, repeats, basel
         raise RuvonError(f"--warmup must be 0 or more, not {warmup}.")
     if repeats < 1:
         raise RuvonError(f"--repeats must be at least 1, not {repeats}.")
+    from ruvoninference.bench.generation import compare_implementations, to_markdown
     chosen, skipped = pick_implementations(attn, device)
     with render.progress_bar() as progress:
         report = compare_implementations(

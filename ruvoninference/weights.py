@@ -232,6 +232,13 @@ def _resolve_source(name: str, progress: ProgressCallback | None) -> tuple[str, 
             f"Model folder '{name}' does not exist; give an existing folder, a Hugging Face id, "
             f"or one of the embedded models: {', '.join(EMBEDDED_MODELS)}."
         )
+    if expanded.is_file():
+        raise RuvonError(f"Model '{name}' is a file; give the folder that holds its config.json and weights, a "
+                         f"Hugging Face id, or one of the embedded models: {', '.join(EMBEDDED_MODELS)}.")
+    if expanded.is_dir() and not (expanded / "config.json").is_file():
+        raise RuvonError(f"Folder '{name}' holds no model (no config.json); give a folder written by "
+                         f"save_pretrained, a Hugging Face id, or one of the embedded models: "
+                         f"{', '.join(EMBEDDED_MODELS)}.")
     source = str(expanded) if expanded.exists() else name
     # Try the local cache first; only go to the Hub when it answers, so an offline laptop gets its answer in
     # seconds instead of after the Hub client's retries.

@@ -1,6 +1,8 @@
 """The articles' pictures and worked example: made from committed JSON, and right."""
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,7 +43,7 @@ def test_the_article_quotes_the_worked_example_as_computed():
 
 
 def test_figures_are_made_from_the_committed_json(tmp_path):
-    report.all_cmd(tmp_path)
+    report.all_cmd(ROOT, tmp_path)
     for name in ("memory-vs-context-h200.png", "memory-vs-context-cpu.png", "kernel-tflops-h200.png",
                  "causal-tiles.png"):
         data = (tmp_path / name).read_bytes()
@@ -53,3 +55,15 @@ def test_traffic_arithmetic():
     t = report.traffic_bytes(n=1024, d=64, heads=1, block_m=128, causal=False)
     assert t["eager"]["S written + read"] == 2 * 1024 * 1024 * 2
     assert t["fused"]["K, V streamed per query tile"] == 2 * (1024 * 64 * 2) * 8
+
+
+def test_outside_a_clone_report_says_what_it_needs(tmp_path):
+    """From an installed package there is no docs/benchmarks/: one sentence, exit 2; bad input files too."""
+    (tmp_path / "flash.json").write_text("[1, 2]")
+    for args, message in [(["all", "--from", str(tmp_path)], "run it in a clone or pass --from CLONE"),
+                          (["memory", str(tmp_path / "flash.json"), "--out", str(tmp_path / "m.png")],
+                           "is not a `flash --json` report")]:
+        r = subprocess.run([sys.executable, "-m", "ruvon_cli.report", *args], capture_output=True, text=True,
+                           cwd=tmp_path, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "COLUMNS": "300"})
+        assert r.returncode == 2 and message in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
