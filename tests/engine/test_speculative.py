@@ -179,7 +179,7 @@ def bad_draft():
     with torch.no_grad():
         for p in bundle.model.parameters():
             if p.dim() == 2:
-                p.add_(torch.randn(p.shape, generator=gen) * p.std() * 0.1)
+                p.add_(torch.randn(p.shape, generator=gen) * p.std() * 0.3)
     return bundle
 
 
@@ -211,7 +211,8 @@ def test_draft_greedy_equals_plain_decoding_with_a_bad_draft(bundles, bad_draft)
     eng = make_engine(bundle, speculative="draft", num_speculative_tokens=3, draft_model=bad_draft)
     assert tokens_of(eng.generate([COPY, FREE], sampling)) == want
     stats = eng.speculator.stats
-    assert 0 < stats.acceptance_rate < 0.9  # some guesses kept, some rejected: both paths ran
+    # Some guesses kept, some rejected: both paths ran.
+    assert 0 < stats.num_accepted_tokens < stats.num_draft_tokens, stats
     assert eng.block_manager.num_free_blocks == eng.block_manager.num_blocks
     # The draft is level with every sequence once they are gone: its cache is empty again.
     draft_blocks = eng.speculator.draft.block_manager
