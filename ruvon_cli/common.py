@@ -20,6 +20,10 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF reader draws a bar of its own
+# OpenMP threads that wait for work sleep instead of spinning (set before torch is imported; yours wins). With
+# spinning threads a step waits for its slowest thread, and on a CPU that anything else uses decode collapsed:
+# 0.27 tokens/s against 5.45 with PASSIVE on the busy 2-core machine (docs/benchmarks/cpu-threads/).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 Model = Annotated[str, typer.Option("--model", "-m", help="smollm2-135m (embedded), gpt2-random, qwen3-0.6b-random, a Hub id or a folder.")]
 Device = Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda when present).")]
