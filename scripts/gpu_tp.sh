@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Tensor parallelism on H200s, every check and measurement in one device call (issues 17 and 18).
-#   scripts/gpu_tp.sh two-gpu   # 2 GPUs of one host: qwen3-8b-random bf16, TP=1 then TP=2 on the same machine, in the
+#   scripts/gpu_tp.sh two-gpu [lockstep|engine]   # 2 GPUs of one host: qwen3-8b-random bf16, TP=1 then TP=2 on the same machine, in the
 #                               # lockstep harness and in the engine (Engine(..., tensor_parallel_size=N)):
 #                               # greedy tokens (FA2 and triton), batch-1 decode (128 tokens) with and without the
 #                               # collectives, NCCL's own all-reduce latency eager and in a CUDA graph, throughput on
@@ -45,14 +45,18 @@ if [ "$stage" = dry-run ]; then
   run "${bench[@]}" run --tp 1 --model qwen3-8b-random --max-batch-size 64 --num-seqs 32 --max-len 512 \
       --repeats 2 --json "$R/dry-run-tp1-qwen3-8b.json" 2>&1 | tail -n 40
 elif [ "$stage" = two-gpu ]; then
-  for n in 1 2; do  # the lockstep harness: also times the step without collectives, and NCCL alone
-    run "${bench[@]}" run --tp $n --model qwen3-8b-random --json "$R/tp$n-qwen3-8b.json" 2>&1 | tail -n 40
-  done
-  for n in 1 2; do  # the engine users run: Engine(..., tensor_parallel_size=n), rank 0 broadcasting each step
-    run "${bench[@]}" engine --tp $n --model qwen3-8b-random --json "$R/engine-tp$n-qwen3-8b.json" 2>&1 | tail -n 40
-  done
-  run "${bench[@]}" table "$R"/tp1-qwen3-8b.json "$R"/tp2-qwen3-8b.json "$R"/engine-tp1-qwen3-8b.json \
-      "$R"/engine-tp2-qwen3-8b.json --markdown "$R/scaling-qwen3-8b.md"
+  part=${2:-both}  # lockstep, engine or both (two calls, if one would outlast the call's limit)
+  if [ "$part" != engine ]; then
+    for n in 1 2; do  # the lockstep harness: also times the step without collectives, and NCCL alone
+      run "${bench[@]}" run --tp $n --model qwen3-8b-random --json "$R/tp$n-qwen3-8b.json" 2>&1 | tail -n 40
+    done
+  fi
+  if [ "$part" != lockstep ]; then
+    for n in 1 2; do  # the engine users run: Engine(..., tensor_parallel_size=n), rank 0 broadcasting each step
+      run "${bench[@]}" engine --tp $n --model qwen3-8b-random --json "$R/engine-tp$n-qwen3-8b.json" 2>&1 | tail -n 40
+    done
+  fi
+  run "${bench[@]}" table "$R"/*tp*-qwen3-8b.json --markdown "$R/scaling-qwen3-8b.md"
 else
   echo "unknown stage '$stage': two-gpu or dry-run" >&2; exit 2
 fi
