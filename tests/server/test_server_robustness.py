@@ -176,14 +176,20 @@ def test_models_routes_and_what_openai_clients_expect(gpt2_server):
     assert chunks and all("usage" not in json.loads(e) for e in chunks)  # no usage unless include_usage
 
 
+@contextlib.contextmanager
+def a_running_stream(server):
+    """A long stream that has its first token; yields the iterator over its remaining events."""
+    with httpx.stream("POST", server.url + "/v1/completions", json={**LONG, "stream": True}, timeout=60) as r:
+        received = events(r)
+        next(received)
+        yield received
+
+
 def test_shutdown_drains_then_ends_streams_with_an_error_and_a_second_signal_exits_at_once(small_server):
     """What SIGTERM does (the signal handler calls `handle_exit`; here the test calls it)."""
     with small_server(shutdown_timeout=1.0) as server:
         server.wait_ready()
-        with httpx.stream("POST", server.url + "/v1/completions", json={**LONG, "stream": True},
-                          timeout=60) as r:
-            received = events(r)
-            next(received)
+        with a_running_stream(server) as received:
             started = time.monotonic()
             server.server.handle_exit(signal.SIGTERM, None)
             rest = list(received)
@@ -195,12 +201,23 @@ def test_shutdown_drains_then_ends_streams_with_an_error_and_a_second_signal_exi
         assert not server.thread.is_alive()
     with small_server(shutdown_timeout=60.0) as server:
         server.wait_ready()
-        with httpx.stream("POST", server.url + "/v1/completions", json={**LONG, "stream": True},
-                          timeout=60) as r:
-            received = events(r)
-            next(received)
+        with a_running_stream(server):
             started = time.monotonic()
             server.server.handle_exit(signal.SIGTERM, None)
             server.server.handle_exit(signal.SIGTERM, None)
             server.thread.join(10)
         assert not server.thread.is_alive() and time.monotonic() - started < 5
+
+
+def test_the_samplers_settings_reach_the_engine(gpt2_server):
+    """logit_bias, penalties and min_tokens pass through (a +100 bias makes greedy pick that token)."""
+    url = gpt2_server.url + "/v1/completions"
+    the = 262  # " the" in GPT-2's vocabulary
+    body = {"prompt": "Hello", "max_tokens": 4, "temperature": 0, "ignore_eos": True,
+            "logit_bias": {str(the): 100}, "presence_penalty": 0.5, "frequency_penalty": 0.5,
+            "repetition_penalty": 1.1, "min_tokens": 2}
+    response = httpx.post(url, json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["text"] == " the" * 4
+    outside = httpx.post(url, json={**body, "logit_bias": {"50257": 1}}, timeout=60)
+    assert outside.status_code == 400 and outside.json()["error"]["param"] == "logit_bias"
