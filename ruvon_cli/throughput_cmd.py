@@ -22,7 +22,7 @@ def throughput(
     dtype: Dtype = None,
     workload: Annotated[str, typer.Option(
         help="nano-vllm: exactly nano-vllm's bench.py (Python random, seed 0, ids 0-10000); random: vLLM's random "
-             "dataset (torch generator, ids over the vocabulary). The length options below apply to both.")] = "nano-vllm",
+             "dataset (torch generator, ids over the vocabulary). The length options apply to both.")] = "nano-vllm",
     temperature: Annotated[float, typer.Option(
         help="Sampling temperature of ours and the baseline (nano-vllm's 0.6); above 0, ours also runs greedy.")] = 0.6,
     num_seqs: Annotated[int, typer.Option(help="Requests in the workload.")] = 256,
@@ -37,6 +37,9 @@ def throughput(
     max_batch_size: Annotated[int, typer.Option(help="Most sequences in one step.")] = 256,
     max_num_batched_tokens: Annotated[Optional[int], typer.Option(
         help="Most tokens in one step (default: the engine's, 8192 on CUDA, 2048 on a CPU).")] = None,
+    mixed_batches: Annotated[bool, typer.Option(
+        "--mixed-batches/--no-mixed-batches",
+        help="Decodes ride along in prefill steps (continuous scheduler only).")] = True,
     block_size: BlockSize = None,
     kv_cache_memory: KvCacheMemory = None,
     enforce_eager: EnforceEager = False,
@@ -82,14 +85,14 @@ def throughput(
             progress(f"Loading {model} ({attn})" if bundle is None else f"A fresh engine on {model}'s weights", 0, 1)
             return Engine(bundle or model, attn, device, dtype, max_batch_size=max_batch_size, block_size=block_size,
                           scheduler=policy, max_num_batched_tokens=max_num_batched_tokens, kv_cache_memory=budget,
-                          enforce_eager=enforce_eager, progress=progress)
+                          enforce_eager=enforce_eager, mixed_batches=mixed_batches, progress=progress)
 
         with render.progress_bar() as progress:
             result = benchmark_throughput(
                 make_engine, model, workload, num_seqs, (min_input_len, max_input_len),
                 (min_output_len, max_output_len), seed, temperature,
                 baseline_hf=baseline == "hf" and i == len(policies) - 1, warmup_tokens=warmup_tokens,
-                describe_engine=engine_config,
+                describe_engine=lambda e: {**engine_config(e), "mixed_batches": e.scheduler.mixed},
                 progress=progress,
             )
         runs.append(result)
@@ -181,7 +184,8 @@ def to_markdown(data: dict) -> str:
         f"flash-attn {env['flash_attn']}.",
         f"Model {cfg['model']}, {cfg['attn']}, {cfg['dtype']}; {_workload_line(cfg)}; block size {cfg['block_size']}, "
         f"max batch {cfg['max_batch_size']}, {cfg['max_num_batched_tokens']} batched tokens, "
-        f"CUDA graphs {cfg['cuda_graphs']}.",
+        f"CUDA graphs {cfg['cuda_graphs']}" + (f", mixed batches {cfg['mixed_batches']}." if "mixed_batches" in cfg
+                                               else "."),
     ]
     if "sampling" in cfg:
         warm = runs[0]["engine"]["warmup"]
@@ -192,6 +196,11 @@ def to_markdown(data: dict) -> str:
     lines += ["| " + " | ".join(row) + " |" for row in _rows(runs)]
     if _ratio_line(runs):
         lines.append(f"\nOurs {_ratio_line(runs)} output tokens/s (same prompts and lengths, fresh engines).")
+        for r in runs:
+            if "sampled_vs_greedy_per_cpu_s" in r:
+                lines.append(f"Process CPU time ({r['config']['scheduler']}): sampled {r['engine']['process_cpu_s']:,.1f} s, "
+                             f"greedy {r['engine_greedy']['process_cpu_s']:,.1f} s; sampled / greedy per CPU-second "
+                             f"{r['sampled_vs_greedy_per_cpu_s']:.2f}x.")
     hf = runs[-1].get("hf")
     if hf:
         lines.append(f"\nHF: {hf['method']}.")

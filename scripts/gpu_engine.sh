@@ -13,7 +13,7 @@ stage=${1:?tests, throughput, schedulers or cpu}
 if [ "$stage" = cpu ]; then
   D=docs/benchmarks/cpu-engine-core
   exec uv run cli.py benchmark throughput --model gpt2-random --dtype float32 --device cpu --max-batch-size 32 \
-      --num-seqs 64 --min-input-len 32 --max-input-len 256 --min-output-len 32 --max-output-len 128 \
+      --num-seqs 64 --min-input-len 16 --max-input-len 64 --min-output-len 16 --max-output-len 64 --warmup-tokens 8 \
       --temperature 0.6 --json $D/throughput-gpt2-random-sampled.json --markdown $D/throughput-gpt2-random-sampled.md
 fi
 OUT=${OUT:-$PWD/out}

@@ -147,7 +147,7 @@ def _throughput_cli(*args):
     env.pop("TRITON_INTERPRET", None)
     root = Path(__file__).resolve().parents[1]
     return subprocess.run([sys.executable, str(root / "cli.py"), "benchmark", "throughput", "--model", "gpt2-random",
-                           *args], capture_output=True, text=True, timeout=1800, cwd=root, env=env)
+                           *args], check=False, capture_output=True, text=True, timeout=1800, cwd=root, env=env)
 
 
 TINY_WORKLOAD = ["--num-seqs", "3", "--min-input-len", "8", "--max-input-len", "16", "--min-output-len", "2",
@@ -166,11 +166,13 @@ def test_throughput_sampled_greedy_and_warmed_baseline(tmp_path):
     assert cfg["workload"] == "nano-vllm" and cfg["seed"] == 0 and cfg["ignore_eos"]
     assert cfg["sampling"] == {"temperature": 0.6, "top_k": 0, "top_p": 1.0, "do_sample": True}
     assert cfg["max_batch_size"] == 2 and cfg["max_num_batched_tokens"] > 0 and run["environment"]["device"]
+    assert cfg["mixed_batches"] is True and cfg["scheduler"] == "continuous"
     assert (sampled["temperature"], greedy["temperature"]) == (0.6, 0.0)
     for ours in (sampled, greedy):  # the same prompts and lengths, each run after its own warm-up generate
         assert ours["output_tokens"] == cfg["output_tokens"] and ours["warmup"]["max_tokens"] == 2
         assert ours["decode_steps"]["count"] > 0 and ours["copy_bytes_per_s"] > 0
     assert run["sampled_vs_greedy"] == pytest.approx(sampled["output_tokens_per_s"] / greedy["output_tokens_per_s"])
+    assert run["sampled_vs_greedy_per_cpu_s"] == pytest.approx(greedy["process_cpu_s"] / sampled["process_cpu_s"])
     assert hf["output_tokens"] == cfg["output_tokens"] and hf["warmup"]["elapsed_s"] > 0
     assert {"do_sample": True, "temperature": 0.6, "top_k": 0, "top_p": 1.0}.items() <= hf["settings"].items()
     assert run["speedup_vs_hf"] == pytest.approx(sampled["output_tokens_per_s"] / hf["output_tokens_per_s"])
@@ -185,10 +187,11 @@ def test_throughput_greedy_only_random_workload(tmp_path):
 
     out = tmp_path / "t.json"
     r = _throughput_cli(*TINY_WORKLOAD, "--workload", "random", "--temperature", "0", "--max-num-batched-tokens",
-                        "64", "--json", str(out))
+                        "64", "--no-mixed-batches", "--json", str(out))
     assert r.returncode == 0, r.stderr
     run = json.loads(out.read_text())["runs"][0]
     assert run["config"]["workload"] == "random" and run["config"]["max_num_batched_tokens"] == 64
+    assert run["config"]["mixed_batches"] is False
     assert run["engine"]["temperature"] == 0.0 and "engine_greedy" not in run and "sampled_vs_greedy" not in run
 
 

@@ -159,7 +159,7 @@ def run_engine(engine: Engine, workload: Workload, temperature: float = 0.0,
     done_tokens, peak_used, shown = 0, 0, 0.0
     preempt_before = engine.scheduler.num_preemptions
     _sync(engine.device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for prompt, n in zip(workload.prompts, workload.output_lens):
         # As generate() does for a caller that reads only the final outputs: no text decoded as it grows.
         engine.add_request(prompt, SamplingParams(temperature=temperature, max_tokens=n, ignore_eos=True),
@@ -181,7 +181,7 @@ def run_engine(engine: Engine, workload: Workload, temperature: float = 0.0,
             progress(f"Generating (temperature {temperature:g})", done_tokens, total_out)
             shown = step_end
     _sync(engine.device)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     decode_time = sum(decode_times)
     return {
         "temperature": temperature,
@@ -190,6 +190,10 @@ def run_engine(engine: Engine, workload: Workload, temperature: float = 0.0,
         "output_tokens_per_s": done_tokens / elapsed,
         "total_tokens_per_s": (done_tokens + workload.num_prompt_tokens) / elapsed,
         "requests_per_s": len(workload.prompts) / elapsed,
+        # CPU time of this process (every thread): on a shared machine, work per CPU-second is what load
+        # does not move much, where wall time is.
+        "process_cpu_s": cpu,
+        "output_tokens_per_cpu_s": done_tokens / cpu if cpu else None,
         "prefill_steps": _percentiles(prefill_times),
         "decode_steps": _percentiles(decode_times),
         "decode_bytes_per_s": decode_bytes / decode_time if decode_time else None,
@@ -214,7 +218,7 @@ def _release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: transformers' batching thread writes tensors its warm-up made
 def run_hf_baseline(model: str, attn: str, device: torch.device, dtype: torch.dtype, workload: Workload,
                     warmup: Workload, temperature: float, max_batch_size: int, warmup_tokens: int = WARMUP_MAX_TOKENS,
                     progress: ProgressCallback | None = None) -> dict:
@@ -340,8 +344,11 @@ def _resolved_settings(cb_config) -> dict:
     return out
 
 
-def benchmark_throughput(make_engine: Callable[[ModelBundle | None, ProgressCallback | None], Engine], model: str, workload_name: str,
-                         num_seqs: int, input_lens: tuple[int, int], output_lens: tuple[int, int], seed: int = 0,
+EngineFactory = Callable[[ModelBundle | None, ProgressCallback | None], Engine]
+
+
+def benchmark_throughput(make_engine: EngineFactory, model: str, workload_name: str, num_seqs: int,
+                         input_lens: tuple[int, int], output_lens: tuple[int, int], seed: int = 0,
                          temperature: float = 0.6, baseline_hf: bool = False, warmup_tokens: int = WARMUP_MAX_TOKENS,
                          describe_engine: Callable[[Engine], dict] | None = None,
                          progress: ProgressCallback | None = None) -> dict:
@@ -387,8 +394,9 @@ def benchmark_throughput(make_engine: Callable[[ModelBundle | None, ProgressCall
             if ours["decode_bytes_per_s"]:
                 ours["decode_bandwidth_vs_copy"] = ours["decode_bytes_per_s"] / copy
     if "engine_greedy" in result:
-        result["sampled_vs_greedy"] = (result["engine"]["output_tokens_per_s"]
-                                       / result["engine_greedy"]["output_tokens_per_s"])
+        sampled, greedy = result["engine"], result["engine_greedy"]
+        result["sampled_vs_greedy"] = sampled["output_tokens_per_s"] / greedy["output_tokens_per_s"]
+        result["sampled_vs_greedy_per_cpu_s"] = greedy["process_cpu_s"] / sampled["process_cpu_s"]
     if baseline_hf:
         # transformers pages its cache for sdpa and flash_attention_2 only; our other backends meet sdpa's.
         hf_attn = attn if attn in ("sdpa", "flash_attention_2") else "sdpa"
