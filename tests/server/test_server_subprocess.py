@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -41,7 +42,7 @@ def cli_server():
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen([sys.executable, "cli.py", "serve", "--model", "gpt2-random", "--device", "cpu",
-                                "--port", str(port), "--max-batch-size", "4"], cwd=ROOT, env=env,
+                                "--port", str(port), "--max-batch-size", "4", "--shutdown-timeout", "2"], cwd=ROOT, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     statuses = set()
@@ -85,6 +86,14 @@ def test_loading_then_ready_and_no_traceback_for_client_mistakes(cli_server):
     for body in ('{"prompt": ', '{"prompt": "x", "temperature": -1}', '{"prompt": "x", "max_tokens": 99999}'):
         assert httpx.post(url + "/v1/completions", content=body,
                           headers={"Content-Type": "application/json"}).status_code == 400
-    process.terminate()
+    # SIGTERM with a stream running: it may run on for --shutdown-timeout (2 s), then ends with an error
+    # event, and the server exits by itself.
+    with httpx.stream("POST", url + "/v1/completions", timeout=60, json={
+            "prompt": "Hi", "max_tokens": 1000, "ignore_eos": True, "stream": True}) as r:
+        lines = (line for line in r.iter_lines() if line.startswith("data: "))
+        next(lines)
+        process.send_signal(signal.SIGTERM)
+        rest = list(lines)
+    assert "shut down" in json.loads(rest[-1][len("data: "):])["error"]["message"]
     output = process.communicate(timeout=30)[0]
-    assert "Traceback" not in output, output
+    assert process.returncode == 0 and "Traceback" not in output, output
