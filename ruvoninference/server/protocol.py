@@ -94,7 +94,7 @@ class _SamplingFields(_Request):
     ignore_eos: bool = False
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
+    repetition_penalty: float = Field(1.0, ge=0.01, le=100.0)
     min_tokens: int = Field(0, ge=0)
     logit_bias: dict[str, float] | None = None
     # Accepted by OpenAI's API, not implemented here: refused unless "off".

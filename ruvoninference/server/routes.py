@@ -198,8 +198,9 @@ def sampling_params(req, engine: AsyncEngine, ids: list[int], index: int, logpro
         return SamplingParams(temperature=req.safe_temperature, top_k=max(req.top_k, 0), top_p=req.safe_top_p,
                               seed=req.seed_for(index), max_tokens=limit, stop=req.stop_strings,
                               ignore_eos=req.ignore_eos, logprobs=logprobs, **extra)
-    except RuvonError as exc:
-        raise APIError(400, str(exc)) from None
+    except RuvonError as exc:  # a combination the fields alone could not judge (min_tokens > max_tokens)
+        param = next((f for f in ("min_tokens", "max_tokens", "logit_bias", "stop") if f in str(exc)), None)
+        raise APIError(400, str(exc), param) from None
 
 
 async def tokenized(coro) -> list[int]:

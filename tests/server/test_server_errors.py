@@ -30,6 +30,8 @@ BAD_COMPLETIONS = [
     ({"prompt": "Hi", "presence_penalty": 5.0}, "presence_penalty"),  # OpenAI's range is -2 to 2
     ({"prompt": "Hi", "frequency_penalty": -2.5}, "frequency_penalty"),
     ({"prompt": "Hi", "logit_bias": {"50256": 101}}, "logit_bias"),
+    ({"prompt": "Hi", "max_tokens": 2, "min_tokens": 5}, "min_tokens"),  # judged by SamplingParams
+    ({"prompt": "Hi", "repetition_penalty": 0}, "repetition_penalty"),
     ({"prompt": "Hi", "best_of": 3}, "best_of"),  # accepted by OpenAI, not implemented here: said so
     ({"prompt": "Hi", "suffix": "and then"}, "suffix"),
     ({"prompt": "Hi", "tools": [{"type": "function"}]}, "tools"),
