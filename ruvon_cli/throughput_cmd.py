@@ -100,6 +100,11 @@ def throughput(
     console.print(render_table(runs))
     render.write_json(json_path, data)
     render.write_text(markdown_path, to_markdown(data))
+    failed = runs[-1].get("hf", {}).get("error")
+    if failed:  # ours is printed and written; the run still fails, so scripts notice
+        render.err_console.print(f"[bold red]The baseline failed:[/bold red] {failed}", highlight=False,
+                                 soft_wrap=True)
+        raise typer.Exit(1)
 
 
 def _label(scheduler: str, result: dict) -> str:
@@ -123,8 +128,12 @@ def _rows(runs: list[dict]) -> list[list[str]]:
     hf = runs[-1].get("hf")
     if hf:
         t = runs[-1]["engine"].get("temperature")
-        rows.append([_label("HF", {"temperature": t}) if t is not None else "HF", f"{hf['output_tokens_per_s']:,.0f}",
-                     f"{hf['total_tokens_per_s']:,.0f}", "—", "—", "—", "—", "—"])
+        label = _label("HF", {"temperature": t}) if t is not None else "HF"
+        if "error" in hf:
+            rows.append([label, "failed", "—", "—", "—", "—", "—", "—"])
+        else:
+            rows.append([label, f"{hf['output_tokens_per_s']:,.0f}", f"{hf['total_tokens_per_s']:,.0f}",
+                         "—", "—", "—", "—", "—"])
     return rows
 
 
@@ -159,7 +168,9 @@ def render_table(runs: list[dict]):
                "BW/copy: decode bytes/s over a device copy's"]
     if _ratio_line(runs):
         caption.append(_ratio_line(runs))
-    if runs[-1].get("hf"):
+    if runs[-1].get("hf", {}).get("error"):
+        caption.append(f"HF: {runs[-1]['hf']['method']} failed (see the JSON)")
+    elif runs[-1].get("hf"):
         caption.append(f"HF: {runs[-1]['hf']['method']} · ours ({runs[-1]['config']['scheduler']}) / HF: "
                        f"{runs[-1]['speedup_vs_hf']:.2f}x")
     workload = "nano-vllm workload" if cfg.get("workload") == "nano-vllm" else "requests"
@@ -203,7 +214,7 @@ def to_markdown(data: dict) -> str:
                              f"{r['sampled_vs_greedy_per_cpu_s']:.2f}x.")
     hf = runs[-1].get("hf")
     if hf:
-        lines.append(f"\nHF: {hf['method']}.")
+        lines.append(f"\nHF: {hf['method']}" + (f" failed: {hf['error']}" if "error" in hf else "."))
         if "settings" in hf:
             lines.append(f"Its settings: {_settings(hf['settings'])}.")
             lines.append(f"Its warm-up: {hf['warmup']['what']}.")

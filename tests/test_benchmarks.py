@@ -202,3 +202,24 @@ def test_throughput_greedy_only_random_workload(tmp_path):
 def test_throughput_bad_options_say_one_sentence(args, sentence):
     r = _throughput_cli(*args)
     assert r.returncode == 2 and sentence in r.stderr and "Traceback" not in r.stderr
+
+
+def test_throughput_report_keeps_ours_when_the_baseline_failed():
+    """A failed baseline is a row that says so, and its error is in the markdown; ours stays as measured."""
+    import io
+    import json
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from ruvon_cli import throughput_cmd
+
+    path = Path(__file__).resolve().parents[1] / "docs/benchmarks/cpu-engine-core/throughput-gpt2-random-sampled.json"
+    data = json.loads(path.read_text())
+    data["runs"][0]["hf"] = {"method": "transformers (sdpa)", "error": "RuntimeError: it stopped"}
+    rows = throughput_cmd._rows(data["runs"])
+    assert rows[-1][:2] == ["HF T=0.6", "failed"] and rows[0][1] == f"{data['runs'][0]['engine']['output_tokens_per_s']:,.0f}"
+    assert "HF: transformers (sdpa) failed: RuntimeError: it stopped" in throughput_cmd.to_markdown(data)
+    console = Console(width=80, record=True, file=io.StringIO(), color_system=None)
+    console.print(throughput_cmd.render_table(data["runs"]))
+    assert "failed" in console.export_text()
