@@ -18,6 +18,10 @@ def test_serve_rejects_bad_arguments_with_one_sentence():
     assert "Unknown scheduler 'fastest'" in result.output and "continuous" in result.output
     result = runner.invoke(app, ["serve", "--max-batch-size", "0"])
     assert result.exit_code == 2 and "--max-batch-size" in result.output
+    result = runner.invoke(app, ["serve", "--max-request-bytes", "10"])
+    assert result.exit_code == 2 and "--max-request-bytes must be at least 1024" in result.output
+    result = runner.invoke(app, ["serve", "--shutdown-timeout", "-1"])
+    assert result.exit_code == 2 and "--shutdown-timeout" in result.output
 
 
 def test_benchmark_serve_rejects_bad_arguments():
@@ -27,6 +31,10 @@ def test_benchmark_serve_rejects_bad_arguments():
     assert result.exit_code == 2 and "at least 1" in result.output
     result = runner.invoke(app, ["benchmark", "serve", "--dataset", "sharegpt"])
     assert result.exit_code == 2 and "only dataset is 'random'" in result.output
+    result = runner.invoke(app, ["benchmark", "serve", "--temperature", "3"])
+    assert result.exit_code == 2 and "--temperature must be between 0 and 2" in result.output
+    result = runner.invoke(app, ["benchmark", "serve", "--disconnect-fraction", "1.5"])
+    assert result.exit_code == 2 and "--disconnect-fraction" in result.output
 
 
 def test_benchmark_serve_against_a_fake_server(tmp_path, running_server, fake_openai_server):
