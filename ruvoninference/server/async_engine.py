@@ -162,6 +162,7 @@ class AsyncEngine:
         self._stop = threading.Event()
         self.ready_event = threading.Event()  # set once loading ends, either way
         metrics.read_gauges_from(self._num_running, self.num_waiting, self._kv_usage)
+        metrics.read_spec_decode_from(self._spec_stats)
 
     # --- the event loop's side ------------------------------------------------------------------------------
 
@@ -432,6 +433,10 @@ class AsyncEngine:
 
     def _num_running(self) -> int:
         return sum(e.num_running for e in list(self.engines.values()))
+
+    def _spec_stats(self):
+        """The default engine's speculative decoding counters, or None when it does not speculate."""
+        return getattr(getattr(self.engine, "speculator", None), "stats", None)
 
     def _kv_usage(self) -> float:
         managers = [e.block_manager for e in list(self.engines.values())]
