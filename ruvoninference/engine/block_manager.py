@@ -70,10 +70,13 @@ class BlockManager:
         return hits
 
     def commit_full_blocks(self, seq: Sequence) -> None:
-        """Register the sequence's blocks that became full and computed since the last call."""
+        """Register the sequence's blocks that became full and computed since the last call.
+
+        A block is registered only once every token in it is known on the host (overlapped steps read a
+        drawn token's value one step after it is computed)."""
         if not self.enable_prefix_caching:
             return
-        full = seq.num_computed_tokens // self.block_size
+        full = min(seq.num_computed_tokens, len(seq.token_ids) - seq.num_pending) // self.block_size
         for i in range(seq.num_hashed_blocks, full):
             block = self.blocks[seq.block_table[i]]
             prefix_hash = self.blocks[seq.block_table[i - 1]].hash if i else None

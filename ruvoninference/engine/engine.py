@@ -26,6 +26,7 @@ from ruvoninference.engine.block_manager import BlockManager
 from ruvoninference.engine.detokenizer import IncrementalDetokenizer
 from ruvoninference.engine.kv_cache import allocate_kv_cache, bytes_per_block
 from ruvoninference.engine.model_runner import ModelRunner
+from ruvoninference.engine.overlap import HostCopy, InFlight, patch_inputs
 from ruvoninference.engine.scheduler import ScheduledBatch, Scheduler
 from ruvoninference.engine.sequence import Sequence, new_request_id
 from ruvoninference.engine.speculative import check_speculative, make_speculator
@@ -103,6 +104,7 @@ class Engine:
         ngram_max: int = 4,
         speculative_max_batch: int | None = None,
         tensor_parallel_size: int = 1,
+        async_scheduling: bool | None = None,
     ):
         if tensor_parallel_size != 1:
             return  # __new__ built this engine as rank 0 of its tensor-parallel group
@@ -133,8 +135,14 @@ class Engine:
                                    mixed_batches)
         self.runner = ModelRunner(self.bundle, self.attn, self.kv_cache, max_batch_size, self.context_length,
                                   self.use_cuda_graphs)
-        if self.use_cuda_graphs and self.attn is AttentionImplementation.FLASH_ATTENTION_2:
+        # Everything a run can need is compiled and captured now, not when a step first needs it: FA2 and our
+        # Triton kernels capture one graph per batch bucket; the gathering backends' graphs depend on the
+        # table's width and are captured as widths appear.
+        if self.use_cuda_graphs and self.attn in (AttentionImplementation.FLASH_ATTENTION_2,
+                                                  AttentionImplementation.TRITON):
             self.runner.capture_all(progress)
+        else:
+            self.runner.warm_up(progress)
         self._seqs: dict[str, Sequence] = {}
         self.generator = torch.Generator(device=self.device)  # unseeded draws; seeded rows bring their own
         self.generator.seed()
@@ -142,6 +150,12 @@ class Engine:
         self.speculator = make_speculator(self, speculative, num_speculative_tokens, draft_model, ngram_max,
                                           progress, speculative_max_batch) if speculative else None
         self.num_steps = 0
+        # Overlapped steps (engine/overlap.py): on by default where the device runs asynchronously (CUDA).
+        # Speculative decoding proposes from the tokens' values, so it steps plainly.
+        if async_scheduling is None:
+            async_scheduling = self.device.type == "cuda"
+        self.async_scheduling = async_scheduling and self.speculator is None
+        self._in_flight: InFlight | None = None
 
     # -- sizing ---------------------------------------------------------------------------------------
 
@@ -158,7 +172,8 @@ class Engine:
         if num_blocks < 1:
             raise RuvonError(
                 f"The KV cache budget ({budget / 2**20:,.1f} MiB) holds no block of {self.block_size} tokens "
-                f"({per_block / 2**20:,.2f} MiB); give more memory (--kv-cache-memory) or a smaller block size."
+                f"({per_block / 2**20:,.2f} MiB); give --kv-cache-memory at least {per_block / 2**20:,.2f} MiB"
+                + (" or a smaller block size." if self.block_size > 16 else ".")
             )
         return num_blocks
 
@@ -208,7 +223,8 @@ class Engine:
         total = len(prompt_ids) + sampling.max_tokens
         if total > self.context_length:
             raise RuvonError(
-                f"The prompt is {len(prompt_ids)} tokens and {sampling.max_tokens} more were asked for, but the "
+                f"The prompt is {len(prompt_ids)} token{'s' if len(prompt_ids) != 1 else ''} and "
+                f"{sampling.max_tokens} more were asked for, but the "
                 f"model's context is {self.context_length} tokens; shorten the prompt or ask for fewer tokens."
             )
         needed = self.block_manager.blocks_for(total)
@@ -246,11 +262,14 @@ class Engine:
             if self.speculator is not None:
                 self.speculator.forget(request_id)
             self.scheduler.finish(seq, "abort")
+            if seq.num_pending:  # drawn but never read (overlapped steps): not part of its output
+                del seq.token_ids[len(seq.token_ids) - seq.num_pending:]
+                seq.num_pending = 0
             seq.finish_time = time.perf_counter()
             seq.finish_text(self.tokenizer)
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished()
+        return self.scheduler.has_unfinished() or self._in_flight is not None
 
     @property
     def num_waiting(self) -> int:
@@ -266,6 +285,8 @@ class Engine:
     # -- the step -------------------------------------------------------------------------------------
 
     def step(self) -> list[StepOutput]:
+        if self.async_scheduling and type(self.runner) is ModelRunner:
+            return self._step_overlapped()
         spec = self.speculator
         if spec is not None:
             spec.propose(self.scheduler.running)  # guesses for the decoding sequences (seq.spec_token_ids)
@@ -288,6 +309,37 @@ class Engine:
         spec.settle(batch)
         return outputs
 
+    def _step_overlapped(self) -> list[StepOutput]:
+        """Launch the next step before reading the last one's tokens (engine/overlap.py)."""
+        flight, outputs = self._in_flight, []
+        if flight is not None and flight.needs_values:  # penalties read the drawn tokens: wait for them
+            outputs, flight = self._land(flight), None
+        launched = None
+        batch = self.scheduler.schedule()
+        if batch is not None:
+            inputs = self.runner.prepare(batch)
+            if flight is not None:
+                patch_inputs(inputs.input_ids, batch.seqs[batch.num_prefill:], inputs.meta.num_prefill_tokens,
+                             flight)
+            logits = self.runner.execute(inputs)
+            self._advance(batch)
+            if inputs.producing:
+                seqs = [batch.seqs[i] for i in inputs.producing]
+                tensors = SamplingTensors.from_sequences(seqs, self.device, logits.shape[1],
+                                                         pin=self.device.type == "cuda")
+                launched = InFlight.launch(seqs, sample(logits, tensors, self.generator))
+        if flight is not None:
+            outputs = self._land(flight)  # the GPU runs the step just launched meanwhile
+        self._in_flight = launched
+        return outputs
+
+    def _land(self, flight: InFlight) -> list[StepOutput]:
+        outputs = self._postprocess(flight.seqs, flight.copy, flight.indices)
+        for seq in flight.seqs:
+            if not seq.finished and seq.num_computed_tokens // self.block_size > seq.num_hashed_blocks:
+                self.block_manager.commit_full_blocks(seq)  # blocks whose last token was still on the way
+        return outputs
+
     def _advance(self, batch: ScheduledBatch) -> None:
         """The step's tokens are in the cache now: count them, and offer full blocks to the prefix cache."""
         self.num_steps += 1
@@ -298,9 +350,12 @@ class Engine:
                 self.block_manager.commit_full_blocks(seq)
         self.num_prefill_tokens += sum(batch.num_new_tokens[:batch.num_prefill])
 
-    def _postprocess(self, seqs: list[Sequence], sampled: SamplerOutput) -> list[StepOutput]:
-        """Append each drawn token, apply the stop rules, release finished sequences' blocks."""
-        tokens, logprobs, top_ids, top_lps = _to_host(sampled)  # the one host sync of the step
+    def _postprocess(self, seqs: list[Sequence], sampled: SamplerOutput | HostCopy,
+                     placeholders: list[int] | None = None) -> list[StepOutput]:
+        """Append each drawn token (or fill in its placeholder), apply the stop rules, release finished
+        sequences' blocks."""
+        copy = sampled if isinstance(sampled, HostCopy) else HostCopy.start(sampled)
+        tokens, logprobs, top_ids, top_lps = copy.finish()  # the one host sync of the step
         now = time.perf_counter()
         outputs = []
         for row, seq in enumerate(seqs):
@@ -312,7 +367,10 @@ class Engine:
                 lp = TokenLogprob(tokens[row], logprobs[row], list(zip(top_ids[row][:n], top_lps[row][:n])))
             if seq.first_token_time is None:
                 seq.first_token_time = now
-            delta = seq.append_token(tokens[row], lp)
+            if placeholders is None:
+                delta = seq.append_token(tokens[row], lp)
+            else:
+                delta = seq.resolve_token(placeholders[row], tokens[row], lp)
             if seq.finish_reason is not None:
                 self._finish(seq, now)
             out = StepOutput(seq.request_id, [tokens[row]], delta, seq.finished, seq.finish_reason,
@@ -365,28 +423,6 @@ def _check_block_size(block_size: int, attn: AttentionImplementation) -> None:
             f"FlashAttention-2's paged KV cache needs a block size that is a multiple of "
             f"{FLASH_ATTENTION_BLOCK_SIZE}, not {block_size}; leave --block-size out or pass 256."
         )
-
-
-def _to_host(sampled: SamplerOutput):
-    """Copy the step's draws to the host in one transfer (token ids are exact in float64).
-
-    Returns the tokens and, keyed by row, the chosen logprob and the top alternatives of the rows that asked.
-    """
-    if sampled.logprobs is None:
-        return sampled.tokens.tolist(), {}, {}, {}
-    parts = [sampled.logprobs.double()[:, None]]
-    if sampled.top_ids is not None:
-        parts += [sampled.top_ids.double(), sampled.top_logprobs.double()]
-    n = 0 if sampled.top_ids is None else sampled.top_ids.shape[1]
-    flat = torch.cat([sampled.tokens.double(), torch.cat(parts, dim=1).flatten()]).tolist()
-    tokens = [int(t) for t in flat[:sampled.tokens.shape[0]]]
-    rows = flat[len(tokens):]
-    width = 1 + 2 * n
-    logprobs, top_ids, top_lps = {}, {}, {}
-    for i, row in enumerate(sampled.logprob_rows):
-        r = rows[i * width:(i + 1) * width]
-        logprobs[row], top_ids[row], top_lps[row] = r[0], [int(t) for t in r[1:1 + n]], r[1 + n:]
-    return tokens, logprobs, top_ids, top_lps
 
 
 def _request_output(seq: Sequence) -> RequestOutput:

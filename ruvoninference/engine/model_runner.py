@@ -17,9 +17,9 @@ batches. The graph reads its inputs from static buffers that each step fills wit
 a batch of 5 runs in the 8-bucket with 3 padding rows that write into the cache's scratch block and whose
 outputs are dropped.
 
-The gathering backends (eager, sdpa) read a block table as wide as the longest sequence, and our Triton
-decode kernel splits the keys by the table's width, so their graphs are keyed by a power-of-two width too;
-FlashAttention-2 reads only the blocks it needs, so one width (the model's maximum) serves every step.
+The gathering backends (eager, sdpa) read a block table as wide as the longest sequence, so their graphs are
+keyed by a power-of-two width too; FlashAttention-2 and our Triton kernels read only the blocks each row
+needs, so one width (the model's maximum) serves every step and every graph is captured at start.
 
 Shapes: T = new tokens in the step, B = sequences, W = block-table width, N = rows sampled, V = vocabulary.
 """
@@ -280,18 +280,22 @@ class ModelRunner:
         self._packed.copy_(saved[0]), self._seq_lens.copy_(saved[1]), self._block_tables.copy_(saved[2])
         return _Graph(graph, logits)
 
+    def warm_up(self, progress=None) -> None:
+        """Our Triton backend: compile every kernel variant a run can launch before the engine is ready."""
+        if self.implementation is AttentionImplementation.TRITON and self.device.type == "cuda":
+            from ruvoninference.kernels.paged_attention import warm_up
+
+            k, v = self.kv_cache.k[0], self.kv_cache.v[0]
+            heads_q = k.shape[2] * (self.model.config.num_heads // self.model.config.num_kv_heads)
+            warm_up(k, v, heads_q, self.buckets[-1], [(b, self.max_blocks) for b in self.buckets], progress)
+
     def capture_all(self, progress=None) -> None:
         """Capture every batch bucket up front (the widest block table), largest first so the pool fits.
 
         Our Triton backend first compiles every prefill and decode kernel variant a run can launch
         (`kernels.paged_attention.warm_up`), so nothing compiles after the engine reports ready.
         """
-        if self.implementation is AttentionImplementation.TRITON:
-            from ruvoninference.kernels.paged_attention import warm_up
-
-            k, v = self.kv_cache.k[0], self.kv_cache.v[0]
-            heads_q = k.shape[2] * (self.model.config.num_heads // self.model.config.num_kv_heads)
-            warm_up(k, v, heads_q, self.buckets[-1], [(b, self.max_blocks) for b in self.buckets], progress)
+        self.warm_up(progress)
         for i, bucket in enumerate(reversed(self.buckets)):
             if progress:
                 progress("Capturing CUDA graphs for decode", i, len(self.buckets))

@@ -262,8 +262,10 @@ def sample(logits: torch.Tensor, t: SamplingTensors, generator: torch.Generator 
     """One token per row of `logits` [N, V] (any float dtype)."""
     edits = t.penalty_rows is not None or t.bias_index is not None or t.no_eos is not None
     # The fused draw reads the logits in their own dtype; every other path works on a float32 copy.
-    plain = not edits and t.top_k is None and not t.logprob_rows and not t.all_greedy and _fused_draw(logits)
-    raw = logits if plain else logits.float()
+    untouched = not edits and t.top_k is None and not t.logprob_rows
+    if untouched and t.all_greedy:  # argmax is exact in any dtype: no float32 copy
+        return SamplerOutput(logits.argmax(dim=-1), None, None, None, [])
+    raw = logits if untouched and _fused_draw(logits) else logits.float()
     scores = apply_penalties(apply_logit_bias(raw, t), t)
     if t.all_greedy:
         return _with_logprobs(raw, scores.argmax(dim=-1), t)

@@ -116,6 +116,8 @@ class Scheduler:
         for seq in list(self.running):
             if seq.status is not running or len(seq.token_ids) - seq.num_computed_tokens > 1:
                 continue  # preempted below while making room for an older sequence, or still prefilling
+            if seq.num_pending and len(seq.token_ids) - seq.num_prompt_tokens >= seq.sampling.max_tokens:
+                continue  # overlapped steps: its last token is already drawn, only its value is on the way
             if len(seq.block_table) * block_size >= len(seq.token_ids):  # the hot path: room in its last block
                 decodes.append(seq)
                 continue
@@ -147,8 +149,8 @@ class Scheduler:
                 self._forming = True
             while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
                 seq = self.waiting[0]
-                if not self.block_manager.can_allocate(seq):
-                    break
+                if seq.num_pending or not self.block_manager.can_allocate(seq):
+                    break  # (a preempted sequence whose last token's value is still on the device waits for it)
                 self.waiting.popleft()
                 self.block_manager.allocate(seq)
                 seq.status = SequenceStatus.RUNNING

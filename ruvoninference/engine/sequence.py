@@ -57,6 +57,7 @@ class Sequence:
     detokenizer: IncrementalDetokenizer | None = None
     # Speculative decoding: guessed next tokens this step verifies (engine/speculative.py); never in token_ids.
     spec_token_ids: list[int] = field(default_factory=list)
+    num_pending: int = 0  # placeholders at the end of token_ids whose values are still on the device
 
     def __post_init__(self) -> None:
         if not self.token_ids:
@@ -89,20 +90,41 @@ class Sequence:
     def append_token(self, token: int, logprob: TokenLogprob | None) -> str:
         """Record one sampled token, apply the stop rules; return the text it released (maybe "")."""
         self.token_ids.append(token)
+        return self._took(len(self.token_ids) - 1, token, logprob)
+
+    def append_placeholder(self) -> int:
+        """Overlapped steps: a token drawn on the device whose value the host reads one step later.
+
+        It counts as a token at once (positions, slots and blocks of the next step need it); its value is
+        filled in by `resolve_token`. Returns its index in `token_ids`."""
+        self.token_ids.append(-1)
+        self.num_pending += 1
+        return len(self.token_ids) - 1
+
+    def resolve_token(self, index: int, token: int, logprob: TokenLogprob | None) -> str:
+        """The value of the placeholder at `index` arrived: the same rules as `append_token`."""
+        self.token_ids[index] = token
+        self.num_pending -= 1
+        return self._took(index, token, logprob)
+
+    def _took(self, index: int, token: int, logprob: TokenLogprob | None) -> str:
         if logprob is not None:
             self.logprobs.append(logprob)
+        delta = ""
         if token in self.eos_token_ids:
             self.finish_reason = "stop"
-            return self._flush()
-        delta = ""
-        if self.detokenizer is not None:
-            delta = self.detokenizer.add(token)
-            if self.detokenizer.stopped:
-                self.finish_reason = "stop"
-        if self.finish_reason is None and \
-                len(self.token_ids) - len(self.prompt_token_ids) >= self.sampling.max_tokens:
-            self.finish_reason = "length"
-            delta += self._flush()
+            delta = self._flush()
+        else:
+            if self.detokenizer is not None:
+                delta = self.detokenizer.add(token)
+                if self.detokenizer.stopped:
+                    self.finish_reason = "stop"
+            if self.finish_reason is None and index + 1 - len(self.prompt_token_ids) >= self.sampling.max_tokens:
+                self.finish_reason = "length"
+                delta += self._flush()
+        if self.finish_reason is not None and len(self.token_ids) > index + 1:
+            del self.token_ids[index + 1:]  # tokens already drawn after the last one (overlapped steps)
+            self.num_pending = 0
         return delta
 
     def _flush(self) -> str:

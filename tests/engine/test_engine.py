@@ -224,3 +224,42 @@ def test_a_batch_with_extreme_sampling_values_gives_every_row_a_token(bundles):
     greedy = eng.generate([PROMPTS[0]], SamplingParams(max_tokens=3))[0].token_ids
     assert outs[0].token_ids == greedy and outs[1].token_ids == eng.generate(
         [PROMPTS[1]], SamplingParams(max_tokens=3))[0].token_ids
+
+
+def test_overlapped_steps_give_what_plain_steps_give(bundles):
+    """Async scheduling (engine/overlap.py) forced on the CPU: same tokens, text, stops, finish reasons, under
+    cache pressure and preemption, with chunked and mixed prefill, a penalised request and an abort."""
+    bundle = bundles["gpt2-random"]
+    params = [SamplingParams(max_tokens=14, ignore_eos=True), SamplingParams(max_tokens=9, stop=(" the",)),
+              SamplingParams(temperature=0.8, seed=5, max_tokens=12, ignore_eos=True),
+              SamplingParams(temperature=0.9, seed=6, presence_penalty=1.0, max_tokens=7, ignore_eos=True)]
+    prompts = PROMPTS + ["One more prompt, a longer one, to be chunked"]
+    sampling = params + [SamplingParams(max_tokens=5, ignore_eos=True)]
+
+    def run(overlap):
+        eng = engine(bundle, blocks=3, max_batch_size=3, max_num_batched_tokens=8, async_scheduling=overlap)
+        assert eng.async_scheduling == overlap
+        ids = [eng.add_request(p, s) for p, s in zip(prompts[:3], sampling[:3])]
+        texts, tokens, reasons = {}, {}, {}
+        step = 0
+        while eng.has_unfinished():
+            if step == 2:
+                ids += [eng.add_request(p, s) for p, s in zip(prompts[3:], sampling[3:])]
+            for o in eng.step():
+                tokens.setdefault(o.request_id, []).extend(o.new_token_ids)
+                texts[o.request_id] = texts.get(o.request_id, "") + o.new_text
+                if o.finished:
+                    reasons[o.request_id] = o.finish_reason
+            step += 1
+        assert eng.block_manager.num_free_blocks == eng.block_manager.num_blocks
+        aborted = eng.add_request(PROMPTS[0], SamplingParams(max_tokens=20))
+        eng.step(), eng.step(), eng.step()
+        eng.abort(aborted)
+        while eng.has_unfinished():
+            eng.step()
+        assert eng.block_manager.num_free_blocks == eng.block_manager.num_blocks
+        return [(tokens[i], texts[i], reasons[i]) for i in ids], eng.scheduler.num_preemptions
+
+    plain, overlapped = run(False), run(True)
+    assert overlapped[0] == plain[0]
+    assert plain[1] >= 1 and overlapped[1] >= 1  # both ran under preemption
