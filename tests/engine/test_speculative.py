@@ -220,28 +220,41 @@ def test_draft_greedy_equals_plain_decoding_with_a_bad_draft(bundles, bad_draft)
 
 
 @pytest.mark.parametrize("method", ["ngram", "draft"])
-def test_requests_finishing_mid_guess_stop_where_plain_decoding_stops(bundles, bad_draft, method):
-    """EOS, a stop string and max_tokens falling inside a step's accepted guesses, under cache pressure
-    (a batch of 3 in 7 blocks of 16: preemptions), end exactly as without speculation."""
-    bundle = bundles["gpt2-random"]
+def test_requests_finishing_mid_guess_stop_where_plain_decoding_stops(bundles, method):
+    """EOS, a stop string and max_tokens falling inside a step's accepted guesses end exactly as without
+    speculation, in the text, the finish reason and the stream. SmolLM2 continues COPY by copying it, and a
+    draft equal to the target has every guess accepted, so the stops land inside accepted guesses."""
+    bundle = bundles["smollm2-135m"]
     plain = make_engine(bundle).generate([COPY], SamplingParams(max_tokens=24, ignore_eos=True))[0]
     eos = plain.token_ids[9]  # a token the model produces mid-output becomes EOS
-    first_eos = plain.token_ids.index(eos)
-    stop_text = bundle.tokenizer.decode(plain.token_ids[5:7])
+    stop_text = bundle.tokenizer.decode(plain.token_ids[6:8])
     bundle_eos = dataclasses.replace(bundle, eos_token_ids=frozenset({eos}))
     params = [SamplingParams(max_tokens=24), SamplingParams(max_tokens=24, stop=(stop_text,), ignore_eos=True),
               SamplingParams(max_tokens=13, ignore_eos=True)]
     prompts = [COPY, COPY, COPY + " figs"]
-    want = make_engine(bundle_eos).generate(prompts, params)
-    assert len(want[0].token_ids) == first_eos + 1 and want[0].finish_reason == "stop"
-    spec = {"speculative": method, "num_speculative_tokens": 4, "draft_model": bad_draft if method == "draft" else None}
-    eng = make_engine(bundle_eos, blocks=7, max_batch_size=3, **spec)
+    # Both runs stream (on_output), so both detokenize incrementally: compare like with like.
+    want = make_engine(bundle_eos).generate(prompts, params, on_output=lambda o: None)
+    assert want[0].finish_reason == "stop" and len(want[0].token_ids) == plain.token_ids.index(eos) + 1
+    spec = {"speculative": method, "num_speculative_tokens": 4, "draft_model": bundle if method == "draft" else None}
+    eng = make_engine(bundle_eos, **spec)
     streamed: dict[str, list[int]] = {}
     got = eng.generate(prompts, params, on_output=lambda o: streamed.setdefault(o.request_id, []).extend(
         o.new_token_ids))
     assert [(o.token_ids, o.text, o.finish_reason) for o in got] == [
         (o.token_ids, o.text, o.finish_reason) for o in want]
     assert [streamed[o.request_id] for o in got] == [o.token_ids for o in got]  # the stream says the same
+    assert eng.speculator.stats.mean_tokens_per_step > 2
+    assert eng.block_manager.num_free_blocks == eng.block_manager.num_blocks
+
+
+def test_speculation_under_cache_pressure_and_preemption(bundles):
+    """A batch of 2 in 3 blocks of cache: requests queue and are preempted; tokens as without speculation."""
+    bundle = bundles["gpt2-random"]
+    prompts = ["Once upon a time", "The capital of France is a city where the river", "Hello"]
+    sampling = SamplingParams(max_tokens=20, ignore_eos=True)
+    want = tokens_of(make_engine(bundle).generate(prompts, sampling))
+    eng = make_engine(bundle, blocks=3, max_batch_size=2, speculative="ngram")
+    assert tokens_of(eng.generate(prompts, sampling)) == want
     assert eng.scheduler.num_preemptions >= 1 and eng.speculator.stats.num_accepted_tokens > 0
     assert eng.block_manager.num_free_blocks == eng.block_manager.num_blocks
 
