@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-_SALT = 0x1B873593  # must match engine/sampler.py's uniforms(salt=0)
+_SALT = tl.constexpr(0x1B873593)  # must match engine/sampler.py's uniforms(salt=0)
 
 
 @triton.jit
