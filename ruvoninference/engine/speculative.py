@@ -566,9 +566,10 @@ def _select(sampled, rows: torch.Tensor, keep: list[int]):
 
 
 # Speculation turns itself off for the step when more sequences than this run: a batch this large already
-# keeps the device busy, and verifying k guesses per sequence multiplies the step's work. Measured with
-# `benchmark throughput --speculative ngram` (docs/benchmarks/cpu-spec, h200-spec): see there for the numbers.
-MAX_SPECULATIVE_BATCH = {"cpu": 4, "cuda": 32}
+# keeps the device busy, and verifying k guesses per sequence multiplies the step's work. CPU: with speculation
+# forced on, SmolLM2 fp32 on copying text measured 1.61x at batch 1 and 1.05x at batch 16, where it no longer
+# pays for its risk (docs/benchmarks/cpu-spec). CUDA: not measured yet (docs/benchmarks/h200-spec); 32 is a guess.
+MAX_SPECULATIVE_BATCH = {"cpu": 16, "cuda": 32}
 
 
 def make_speculator(engine, method: str, num_tokens: int, draft_model, ngram_max: int, progress=None,
