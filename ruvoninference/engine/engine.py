@@ -55,6 +55,15 @@ class StepOutput:
                           later.finished, later.finish_reason, self.new_logprobs + later.new_logprobs)
 
 
+class RequestsFailed(Exception):
+    """A step went wrong for some requests only: they are aborted (their blocks freed); `outputs` holds what
+    the step produced for every other request, which go on. A server fails `request_ids` alone."""
+
+    def __init__(self, request_ids: list[str], outputs: list[StepOutput]):
+        super().__init__(f"the step failed for request(s) {', '.join(request_ids)}")
+        self.request_ids, self.outputs = request_ids, outputs
+
+
 @dataclass
 class RequestOutput:
     request_id: str
@@ -357,6 +366,7 @@ class Engine:
         copy = sampled if isinstance(sampled, HostCopy) else HostCopy.start(sampled)
         tokens, logprobs, top_ids, top_lps = copy.finish()  # the one host sync of the step
         now = time.perf_counter()
+        failed: list[tuple[str, Exception]] = []
         outputs = []
         for row, seq in enumerate(seqs):
             if seq.finished:
@@ -367,17 +377,24 @@ class Engine:
                 lp = TokenLogprob(tokens[row], logprobs[row], list(zip(top_ids[row][:n], top_lps[row][:n])))
             if seq.first_token_time is None:
                 seq.first_token_time = now
-            if placeholders is None:
-                delta = seq.append_token(tokens[row], lp)
-            else:
-                delta = seq.resolve_token(placeholders[row], tokens[row], lp)
-            if seq.finish_reason is not None:
-                self._finish(seq, now)
+            try:
+                if placeholders is None:
+                    delta = seq.append_token(tokens[row], lp)
+                else:
+                    delta = seq.resolve_token(placeholders[row], tokens[row], lp)
+                if seq.finish_reason is not None:
+                    self._finish(seq, now)
+            except Exception as exc:  # a bug in one sequence's bookkeeping (text, stop rules): it fails alone
+                failed.append((seq.request_id, exc))
+                self.abort(seq.request_id)
+                continue
             out = StepOutput(seq.request_id, [tokens[row]], delta, seq.finished, seq.finish_reason,
                              [lp] if lp is not None else [])
             if outputs and outputs[-1].request_id == seq.request_id:  # several tokens in one step (speculation)
                 out = outputs.pop().extend(out)
             outputs.append(out)
+        if failed:
+            raise RequestsFailed([rid for rid, _ in failed], outputs) from failed[0][1]
         return outputs
 
     def _finish(self, seq: Sequence, now: float) -> None:

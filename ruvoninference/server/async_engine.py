@@ -356,7 +356,9 @@ class AsyncEngine:
             outputs = engine.step()
         except Exception as exc:  # noqa: BLE001 (a bug: fail the requests it belongs to, serve the rest)
             self._step_failed(implementation, engine, exc)
-            return
+            outputs = getattr(exc, "outputs", None)  # engine.RequestsFailed: the others' tokens of this step
+            if not outputs:
+                return
         now = time.perf_counter()
         m = self.metrics
         deliveries: dict[asyncio.AbstractEventLoop, list] = {}

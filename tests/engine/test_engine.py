@@ -263,3 +263,31 @@ def test_overlapped_steps_give_what_plain_steps_give(bundles):
     plain, overlapped = run(False), run(True)
     assert overlapped[0] == plain[0]
     assert plain[1] >= 1 and overlapped[1] >= 1  # both ran under preemption
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_a_request_whose_bookkeeping_fails_fails_alone(bundles, overlap):
+    from ruvoninference.engine.engine import RequestsFailed
+
+    eng = engine(bundles["gpt2-random"], async_scheduling=overlap)
+    sampling = SamplingParams(max_tokens=6, ignore_eos=True)
+    good, bad = eng.add_request(PROMPTS[0], sampling), eng.add_request(PROMPTS[1], sampling)
+
+    class Broken:
+        stopped, text = False, ""
+
+        def add(self, token):
+            raise ValueError("a detokenizer bug")
+
+    eng.sequence(bad).detokenizer = Broken()
+    tokens, failures = [], []
+    while eng.has_unfinished():
+        try:
+            outs = eng.step()
+        except RequestsFailed as exc:
+            failures.append(exc.request_ids)
+            outs = exc.outputs
+        tokens += [t for o in outs if o.request_id == good for t in o.new_token_ids]
+    assert failures == [[bad]]
+    assert tokens == engine(eng.bundle).generate([PROMPTS[0]], sampling)[0].token_ids
+    assert eng.block_manager.num_free_blocks == eng.block_manager.num_blocks
