@@ -101,6 +101,8 @@ class Scheduler:
         self._forming = False
         verify, decodes = _split_speculative(self._schedule_decodes())
         if not decodes and not verify:
+            if self.running:  # overlapped steps: every running sequence's last token is still on its way
+                return None
             return self.schedule()  # everything was preempted: admit again (the oldest fits alone)
         return _batch(verify, [], [], decodes)
 
