@@ -200,6 +200,7 @@ def run_engine(engine: Engine, workload: Workload, temperature: float = 0.0,
         "kv_blocks_used_max": peak_used,
         "kv_blocks_total": engine.block_manager.num_blocks,
         "preemptions": engine.scheduler.num_preemptions - preempt_before,
+        "engine_startup_s": getattr(engine, "startup_s", None),  # load, cache sizing, compiles, graph captures
     }
 
 

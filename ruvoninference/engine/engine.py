@@ -117,6 +117,7 @@ class Engine:
     ):
         if tensor_parallel_size != 1:
             return  # __new__ built this engine as rank 0 of its tensor-parallel group
+        started = time.perf_counter()
         check_speculative(speculative, num_speculative_tokens, ngram_max, draft_model)
         self.attn = parse_implementation(attn)
         if isinstance(model, ModelBundle):
@@ -165,6 +166,8 @@ class Engine:
             async_scheduling = self.device.type == "cuda"
         self.async_scheduling = async_scheduling and self.speculator is None
         self._in_flight: InFlight | None = None
+        # Loading, sizing the cache, compiling and capturing: nothing of it happens after this point.
+        self.startup_s = time.perf_counter() - started
 
     # -- sizing ---------------------------------------------------------------------------------------
 
