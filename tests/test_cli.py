@@ -109,6 +109,7 @@ def test_benchmark_compares_backends_and_hf(tmp_path):
     assert data["rows"][1]["speedup_vs_hf"] > 0
     sdpa = data["rows"][1]
     assert sdpa["matches_eager"] is True and len(sdpa["token_ids"]) == 4
+    assert sdpa["kv_pool_bytes"] > 0 and data["rows"][2]["kv_pool_bytes"] is None  # ours reserve, HF grows
     assert sdpa["tokens_per_s_min"] <= sdpa["tokens_per_s_median"] <= sdpa["tokens_per_s_max"]
     assert data["environment"]["device"] and data["config"]["repeats"] == 2
     assert "| sdpa |" in md.read_text()

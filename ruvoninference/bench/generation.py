@@ -53,6 +53,7 @@ class BenchmarkRow:
     matches_eager: bool | None = None
     first_mismatch: int | None = None  # index of the first token that differs from eager's
     speedup_vs_hf: float | None = None  # ours over Hugging Face generate with the same backend
+    kv_pool_bytes: int | None = None  # ours: the KV cache it reserved (sized to this run: what the run needs)
 
 
 @dataclass
@@ -202,6 +203,8 @@ def compare_implementations(
             subject.check_request(prompt_ids, SamplingParams(max_tokens=max_tokens))
             runs, token_ids = _ours(subject, prompt_ids, max_tokens, warmup, repeats)
         report.rows.append(_row(name, runs, token_ids))
+        if not name.startswith(HF_PREFIX):
+            report.rows[-1].kv_pool_bytes = subject.kv_cache.nbytes
         del subject
         _free(dev)
     if progress:
