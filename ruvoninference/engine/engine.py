@@ -363,8 +363,8 @@ class Engine:
         self.num_prefill_tokens += sum(batch.num_new_tokens[:batch.num_prefill])
 
     def _postprocess(self, seqs: list[Sequence], sampled: SamplerOutput | HostCopy,
-                     placeholders: list[int] | None = None) -> list[StepOutput]:
-        """Append each drawn token (or fill in its placeholder), apply the stop rules, release finished
+                     pending_at: list[int] | None = None) -> list[StepOutput]:
+        """Append each drawn token (or fill in its pending token), apply the stop rules, release finished
         sequences' blocks."""
         copy = sampled if isinstance(sampled, HostCopy) else HostCopy.start(sampled)
         tokens, logprobs, top_ids, top_lps = copy.finish()  # the one host sync of the step
@@ -381,10 +381,10 @@ class Engine:
             if seq.first_token_time is None:
                 seq.first_token_time = now
             try:
-                if placeholders is None:
+                if pending_at is None:
                     delta = seq.append_token(tokens[row], lp)
                 else:
-                    delta = seq.resolve_token(placeholders[row], tokens[row], lp)
+                    delta = seq.resolve_token(pending_at[row], tokens[row], lp)
                 if seq.finish_reason is not None:
                     self._finish(seq, now)
             except Exception as exc:  # a bug in one sequence's bookkeeping (text, stop rules): it fails alone

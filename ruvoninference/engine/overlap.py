@@ -6,7 +6,7 @@ tensors. With a few hundred sequences that host work is a sizeable part of each 
 for all of it.
 
 The way out (vLLM's async scheduling, SGLang's overlap scheduler) is to not wait. Step N's tokens stay on the
-device; each producing sequence gets a *placeholder* token at once, so the next step's positions, slots and
+device; each producing sequence gets a *pending token* (a -1 in its token list) at once, so the next step's positions, slots and
 blocks (which depend only on how many tokens there are) can be built straight away. Step N+1's input ids for
 those sequences are copied on the device from step N's drawn tokens (`patch_inputs`), step N+1 is launched,
 and only then does the host read step N's tokens (`HostCopy`, started as soon as step N was sampled) and do
@@ -81,7 +81,7 @@ class InFlight:
     """A launched step whose tokens the host has not read yet."""
 
     seqs: list[Sequence]  # the sequences that drew a token, in row order
-    indices: list[int]  # where each one's placeholder sits in its token_ids
+    indices: list[int]  # where each one's pending token sits in its token_ids
     tokens: torch.Tensor  # [N] on the device: the next step's input ids are copied from here
     copy: HostCopy
     needs_values: bool  # some sequence's sampling reads its generated tokens (penalties): land before the next
@@ -89,7 +89,7 @@ class InFlight:
     @staticmethod
     def launch(seqs: list[Sequence], sampled: SamplerOutput) -> InFlight:
         copy = HostCopy.start(sampled)
-        indices = [seq.append_placeholder() for seq in seqs]
+        indices = [seq.append_pending() for seq in seqs]
         return InFlight(seqs, indices, sampled.tokens, copy, any(s.sampling.has_penalties for s in seqs))
 
 

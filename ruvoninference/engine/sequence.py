@@ -57,7 +57,7 @@ class Sequence:
     detokenizer: IncrementalDetokenizer | None = None
     # Speculative decoding: guessed next tokens this step verifies (engine/speculative.py); never in token_ids.
     spec_token_ids: list[int] = field(default_factory=list)
-    num_pending: int = 0  # placeholders at the end of token_ids whose values are still on the device
+    num_pending: int = 0  # pending tokens at the end of token_ids whose values are still on the device
 
     def __post_init__(self) -> None:
         if not self.token_ids:
@@ -92,7 +92,7 @@ class Sequence:
         self.token_ids.append(token)
         return self._took(len(self.token_ids) - 1, token, logprob)
 
-    def append_placeholder(self) -> int:
+    def append_pending(self) -> int:
         """Overlapped steps: a token drawn on the device whose value the host reads one step later.
 
         It counts as a token at once (positions, slots and blocks of the next step need it); its value is
@@ -102,7 +102,7 @@ class Sequence:
         return len(self.token_ids) - 1
 
     def resolve_token(self, index: int, token: int, logprob: TokenLogprob | None) -> str:
-        """The value of the placeholder at `index` arrived: the same rules as `append_token`."""
+        """The value of the pending token at `index` arrived: the same rules as `append_token`."""
         self.token_ids[index] = token
         self.num_pending -= 1
         return self._took(index, token, logprob)
