@@ -324,8 +324,9 @@ class Engine:
     def _step_overlapped(self) -> list[StepOutput]:
         """Launch the next step before reading the last one's tokens (engine/overlap.py)."""
         flight, outputs = self._in_flight, []
+        self._in_flight = None  # landed below, once (RequestsFailed may interrupt a landing)
         if flight is not None and flight.needs_values:  # penalties read the drawn tokens: wait for them
-            outputs, flight = self._land(flight), None
+            flight, outputs = None, self._land(flight)
         launched = None
         batch = self.scheduler.schedule()
         if batch is not None:
@@ -340,9 +341,9 @@ class Engine:
                 tensors = SamplingTensors.from_sequences(seqs, self.device, logits.shape[1],
                                                          pin=self.device.type == "cuda")
                 launched = InFlight.launch(seqs, sample(logits, tensors, self.generator))
+        self._in_flight = launched
         if flight is not None:
             outputs = self._land(flight)  # the GPU runs the step just launched meanwhile
-        self._in_flight = launched
         return outputs
 
     def _land(self, flight: InFlight) -> list[StepOutput]:
