@@ -145,11 +145,10 @@ class Engine:
                                    mixed_batches)
         self.runner = ModelRunner(self.bundle, self.attn, self.kv_cache, max_batch_size, self.context_length,
                                   self.use_cuda_graphs)
-        # Everything a run can need is compiled and captured now, not when a step first needs it: FA2 and our
-        # Triton kernels capture one graph per batch bucket; the gathering backends' graphs depend on the
-        # table's width and are captured as widths appear.
-        if self.use_cuda_graphs and self.attn in (AttentionImplementation.FLASH_ATTENTION_2,
-                                                  AttentionImplementation.TRITON):
+        # Everything a run can need is compiled and captured now, not when a step first needs it (a capture in
+        # the middle of a served run stalls every stream): FA2 and our Triton kernels capture one graph per
+        # batch bucket, the gathering backends one per (bucket, power-of-two table width).
+        if self.use_cuda_graphs:
             self.runner.capture_all(progress)
         else:
             self.runner.warm_up(progress)

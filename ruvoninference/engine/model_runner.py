@@ -19,7 +19,11 @@ outputs are dropped.
 
 The gathering backends (eager, sdpa) read a block table as wide as the longest sequence, so their graphs are
 keyed by a power-of-two width too; FlashAttention-2 and our Triton kernels read only the blocks each row
-needs, so one width (the model's maximum) serves every step and every graph is captured at start.
+needs, so one width (the model's maximum) serves every step. Every graph a run can replay is captured
+before the engine is ready (`capture_all`): a capture is a few eager forward passes, and one made in the
+middle of a served run stalls every stream for as long (about 100 ms on an H200). A gathering step that
+would copy more than `GATHER_GRAPH_TOKENS` cached tokens runs eagerly instead: that much copying costs far
+more than the launches a graph saves, and capturing it would hold that much memory for nothing.
 
 Shapes: T = new tokens in the step, B = sequences, W = block-table width, N = rows sampled, V = vocabulary.
 """
@@ -38,6 +42,10 @@ from ruvoninference.engine.scheduler import ScheduledBatch
 from ruvoninference.models import ModelBundle
 
 GATHERING = (AttentionImplementation.EAGER, AttentionImplementation.SDPA)
+# A gathering backend's decode graph exists for (bucket, width) only while bucket * width * block_size, the
+# cached tokens one step copies per layer, stays within this (2**18 tokens: 1 GiB of keys and values per layer
+# for Qwen3-0.6B in bf16, whose copy takes about as long as the launches of a whole forward pass).
+GATHER_GRAPH_TOKENS = 2**18
 _NUMPY = {torch.long: np.int64, torch.int32: np.int32}
 
 
@@ -118,8 +126,9 @@ class ModelRunner:
 
     def prepare(self, batch: ScheduledBatch) -> StepInputs:
         decodes = batch.seqs[batch.num_prefill:]
-        if batch.is_decode_only and self.use_cuda_graphs and len(decodes) <= self.buckets[-1]:
-            return self._prepare_graph_decode(decodes)
+        key = self._graph_key(decodes) if batch.is_decode_only and self.use_cuda_graphs else None
+        if key is not None:
+            return self._prepare_graph_decode(decodes, key)
         input_ids, positions, slots, rows, producing = [], [], [], [], []
         prefill = None
         if batch.num_prefill:
@@ -182,23 +191,31 @@ class ModelRunner:
             lens.append(n)
         return ids, pos, slots, lens
 
-    def _decode_width(self, seqs) -> int:
-        """The block-table width a decode step runs with (a CUDA graph's key together with the batch bucket)."""
-        longest = max(len(seq.block_table) for seq in seqs)
-        if not self.use_cuda_graphs:
-            return longest
+    def _graph_key(self, seqs) -> tuple[int, int] | None:
+        """(bucket, block-table width) of the CUDA graph a decode step of `seqs` replays; None: run eagerly."""
+        if len(seqs) > self.buckets[-1]:
+            return None
+        bucket = next(b for b in self.buckets if b >= len(seqs))
         # Gathering backends copy the whole table's pages: they want a width near the longest sequence, and
         # powers of two keep their graphs few. FlashAttention-2 and our kernel read only each row's own pages,
-        # so they run every bucket at the full width, the one graph per bucket captured at start (our split
-        # count then depends on the batch alone; the splits a short sequence does not need return at once).
-        if self.implementation in GATHERING:
-            return min(self.max_blocks, _next_power_of_two(longest))
-        return self.max_blocks
+        # so they run every bucket at the full width, one graph per bucket (our split count then depends on the
+        # batch alone; the splits a short sequence does not need return at once).
+        if self.implementation not in GATHERING:
+            return bucket, self.max_blocks
+        width = min(self.max_blocks, _next_power_of_two(max(len(seq.block_table) for seq in seqs)))
+        return (bucket, width) if bucket * width * self.block_size <= GATHER_GRAPH_TOKENS else None
 
-    def _prepare_graph_decode(self, seqs) -> StepInputs:
+    def graph_keys(self) -> list[tuple[int, int]]:
+        """Every key `_graph_key` can return, largest first (the order `capture_all` captures them in)."""
+        if self.implementation not in GATHERING:
+            return [(bucket, self.max_blocks) for bucket in reversed(self.buckets)]
+        widths = sorted({min(self.max_blocks, 1 << k) for k in range(self.max_blocks.bit_length() + 1)})
+        keys = [(b, w) for b in self.buckets for w in widths if b * w * self.block_size <= GATHER_GRAPH_TOKENS]
+        return sorted(keys, key=lambda key: (key[0] * key[1], key), reverse=True)
+
+    def _prepare_graph_decode(self, seqs, key: tuple[int, int]) -> StepInputs:
         n = len(seqs)
-        bucket = next(b for b in self.buckets if b >= n)
-        key = (bucket, self._decode_width(seqs))
+        bucket = key[0]
         ids, pos, slots, lens = self._decode_inputs(seqs)
         pad = bucket - n
         # One host->device copy for ids, positions, slots and lengths; padding rows attend to one scratch
@@ -236,9 +253,10 @@ class ModelRunner:
             return None
         if inputs.graph_key is None:
             return self._forward(inputs.input_ids, inputs.positions, inputs.meta, inputs.logits_rows)
-        if inputs.graph_key not in self._graphs:  # gathering backends: a width first seen now
-            self._graphs[inputs.graph_key] = self._capture(*inputs.graph_key)
-        graph = self._graphs[inputs.graph_key]
+        graph = self._graphs.get(inputs.graph_key)
+        if graph is None:  # a bug, never the user's: capturing now would stall every running request
+            raise RuntimeError(f"No CUDA graph was captured for decode key {inputs.graph_key}; the runner's "
+                               f"capture_all() must run before the first step.")
         graph.graph.replay()
         return graph.logits[:inputs.num_rows]
 
@@ -268,7 +286,7 @@ class ModelRunner:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            for _ in range(2):
+            for _ in range(1 if self._graphs else 2):  # kernels new to this process: warm up twice
                 self._forward(ids, pos, meta)
         torch.cuda.current_stream().wait_stream(stream)
         if self._pool is None:
@@ -276,7 +294,8 @@ class ModelRunner:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
             logits = self._forward(ids, pos, meta)
-        # A graph captured lazily, in the middle of a run, finds this step's inputs already in the buffers.
+        # A capture made while sequences run (a tensor-parallel engine rebuilt at start) leaves their buffers as
+        # they were.
         self._packed.copy_(saved[0]), self._seq_lens.copy_(saved[1]), self._block_tables.copy_(saved[2])
         return _Graph(graph, logits)
 
@@ -290,15 +309,16 @@ class ModelRunner:
             warm_up(k, v, heads_q, self.buckets[-1], [(b, self.max_blocks) for b in self.buckets], progress)
 
     def capture_all(self, progress=None) -> None:
-        """Capture every batch bucket up front (the widest block table), largest first so the pool fits.
+        """Capture every decode graph a run can replay (`graph_keys`), largest first so the pool fits.
 
         Our Triton backend first compiles every prefill and decode kernel variant a run can launch
-        (`kernels.paged_attention.warm_up`), so nothing compiles after the engine reports ready.
+        (`kernels.paged_attention.warm_up`), so nothing compiles or captures after the engine reports ready.
         """
         self.warm_up(progress)
-        for i, bucket in enumerate(reversed(self.buckets)):
+        keys = self.graph_keys()
+        for i, key in enumerate(keys):
             if progress:
-                progress("Capturing CUDA graphs for decode", i, len(self.buckets))
-            self._graphs[(bucket, self.max_blocks)] = self._capture(bucket, self.max_blocks)
+                progress("Capturing CUDA graphs for decode", i, len(keys))
+            self._graphs[key] = self._capture(*key)
         if progress:
-            progress("Captured CUDA graphs for decode", len(self.buckets), len(self.buckets))
+            progress("Captured CUDA graphs for decode", len(keys), len(keys))

@@ -269,7 +269,7 @@ class DraftProposer:
         cache = allocate_kv_cache(bundle.config, num_blocks, block_size, bundle.device, bundle.dtype)
         self.block_manager = BlockManager(num_blocks, block_size, enable_prefix_caching=False)
         self.runner = ModelRunner(bundle, implementation, cache, max_batch_size, max_model_len, use_cuda_graphs)
-        if use_cuda_graphs and getattr(implementation, "value", implementation) == "flash_attention_2":
+        if use_cuda_graphs:  # the draft's decode graphs too, before the engine is ready
             self.runner.capture_all()
         self._shadows: dict[str, object] = {}
 

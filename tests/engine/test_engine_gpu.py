@@ -95,3 +95,27 @@ def test_seeded_sampling_on_the_gpu_does_not_depend_on_the_batch(bundles):
     batch = _engine(bundle, attn).generate([PROMPTS[0]] + [PROMPTS[i % len(PROMPTS)] for i in range(7)],
                                            [target] + [others[i % 2] for i in range(7)])
     assert batch[0].token_ids == alone
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "triton"])
+def test_no_graph_is_captured_after_start_under_staggered_arrivals(bundles, attn):
+    """Requests arriving while others decode change the batch size and the table width every few steps;
+    every graph those steps replay was captured at start (a capture mid-run would stall every stream)."""
+    if not _available(attn):
+        pytest.skip(f"{attn} is not available here")
+    bundle = _bundle(bundles, "qwen3-0.6b-random", torch.bfloat16)
+    sampling = SamplingParams(max_tokens=40, ignore_eos=True)
+    prompts = [("word " * n).strip() for n in (3, 17, 40, 90, 5, 200, 33, 64, 1, 130)]
+    eager = _engine(bundle, attn, enforce_eager=True)
+    want = {p: eager.generate([p], sampling)[0].token_ids for p in prompts}
+    engine = _engine(bundle, attn)
+    captured = dict(engine.runner._graphs)
+    assert set(captured) == set(engine.runner.graph_keys())
+    got, pending = {p: [] for p in prompts}, list(prompts)
+    while pending or engine.has_unfinished():
+        if pending:  # one new request every step
+            engine.add_request(pending[0], sampling, request_id=pending.pop(0))
+        for out in engine.step():
+            got[out.request_id] += out.new_token_ids
+    assert engine.runner._graphs == captured
+    assert got == want
