@@ -23,6 +23,9 @@ and then, over the successful requests (vLLM's `calculate_metrics`):
   last one finished;
 - mean, median and p99 (numpy's linear-interpolated percentile), 0 when there is nothing to summarize.
 
+A server started with an API key gets it as `Authorization: Bearer KEY`, from `api_key` or, as `vllm bench
+serve` and the `openai` client do, from the `OPENAI_API_KEY` variable.
+
 Prompts (`dataset="random"`) are `input_len` words drawn with a seeded generator from common English words
 that GPT-2's and SmolLM2's tokenizers each encode as exactly one token, so a prompt is `input_len` tokens on
 those tokenizers without the client loading any (the input counts reported come from the server's `usage`).
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import time
 from collections.abc import Callable
@@ -152,13 +156,13 @@ def calculate_metrics(results: list[RequestResult], duration_s: float) -> dict:
 
 
 async def _run(url: str, payloads: list[dict], concurrency: int, request_rate: float, seed: int,
-               timeout_s: float, on_done: Callable[[], None], leave_after: list[int | None] | None = None
-               ) -> tuple[list[RequestResult], float]:
+               timeout_s: float, on_done: Callable[[], None], leave_after: list[int | None] | None = None,
+               headers: dict | None = None) -> tuple[list[RequestResult], float]:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     semaphore = asyncio.Semaphore(concurrency)
     rng = random.Random(seed)
 
-    async with httpx.AsyncClient(timeout=httpx.Timeout(timeout_s), limits=limits) as client:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(timeout_s), limits=limits, headers=headers) as client:
         async def limited(payload: dict, leave: int | None) -> RequestResult:
             async with semaphore:
                 result = await send_request(client, url, payload, leave)
@@ -175,10 +179,10 @@ async def _run(url: str, payloads: list[dict], concurrency: int, request_rate: f
         return list(results), time.perf_counter() - start
 
 
-def server_info(base_url: str, timeout_s: float = 10.0) -> dict:
+def server_info(base_url: str, timeout_s: float = 10.0, headers: dict | None = None) -> dict:
     """What the server says about itself (`/v1/models`, and our `/info`), for the record."""
     info: dict = {}
-    with httpx.Client(timeout=timeout_s) as client:
+    with httpx.Client(timeout=timeout_s, headers=headers) as client:
         for path in ("/v1/models", "/info"):
             try:
                 response = client.get(base_url.rstrip("/") + path)
@@ -209,6 +213,7 @@ def run_serve_benchmark(
     temperature: float = 1.0,
     disconnect_fraction: float = 0.0,
     disconnect_after: int = 4,
+    api_key: str | None = None,
 ) -> dict:
     """One run per concurrency over the same prompts, after one untimed warm-up request."""
     if not concurrencies or any(c < 1 for c in concurrencies):
@@ -225,7 +230,9 @@ def run_serve_benchmark(
         raise RuvonError(f"--disconnect-fraction must be in [0, 1), not {disconnect_fraction}.")
     base_url = base_url.rstrip("/")
     url = base_url + "/v1/completions"
-    info = server_info(base_url)
+    api_key = api_key or os.environ.get("OPENAI_API_KEY")
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    info = server_info(base_url, headers=headers)
     model = model or served_model(info)
     prompts = random_prompts(num_prompts, input_len, seed)
 
@@ -236,7 +243,8 @@ def run_serve_benchmark(
             body["model"] = model
         return body
 
-    warmup = asyncio.run(_run(url, [payload(prompts[0])], 1, float("inf"), seed, timeout_s, lambda: None))[0][0]
+    warmup = asyncio.run(_run(url, [payload(prompts[0])], 1, float("inf"), seed, timeout_s, lambda: None,
+                              headers=headers))[0][0]
     if not warmup.success:
         from ruvoninference.errors import RuvonError
 
@@ -255,7 +263,7 @@ def run_serve_benchmark(
             progress(f"concurrency {concurrency}", 0, num_prompts)
         results, duration = asyncio.run(
             _run(url, [payload(p) for p in prompts], concurrency, request_rate, seed, timeout_s, on_done,
-                 leave_after))
+                 leave_after, headers))
         errors = sorted({r.error for r in results if r.error})
         runs.append({"concurrency": concurrency, **calculate_metrics(results, duration), "errors": errors[:5]})
     return {
@@ -265,7 +273,8 @@ def run_serve_benchmark(
                    "request_rate": "inf" if request_rate == float("inf") else request_rate,
                    "ignore_eos": ignore_eos, "temperature": temperature, "seed": seed,
                    "concurrencies": concurrencies, "disconnect_fraction": disconnect_fraction,
-                   "disconnect_after_chunks": disconnect_after if disconnect_fraction else None},
+                   "disconnect_after_chunks": disconnect_after if disconnect_fraction else None,
+                   "api_key": bool(api_key)},
         "server": info,
         "runs": runs,
     }

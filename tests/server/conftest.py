@@ -120,6 +120,7 @@ def _fake_openai_server() -> tuple[FastAPI, dict]:
         number = state["count"]
         state["count"] += 1
         state["bodies"].append(body)
+        state.setdefault("authorization", []).append(request.headers.get("authorization"))
         if number % 3 == 2:
             return JSONResponse({"error": {"message": "boom", "type": "server_error"}}, status_code=500)
 

@@ -83,3 +83,15 @@ def test_clients_that_leave_count_as_aborted_not_failed(running_server, fake_ope
     assert sum(leaving) - 4 <= run["aborted"] <= sum(leaving) and run["aborted"] > 0
     assert state["bodies"][-1]["temperature"] == 1.0  # what a client that sets nothing gets
     assert result["config"]["disconnect_fraction"] == 0.5
+
+
+def test_the_api_key_goes_in_every_request(running_server, fake_openai_server, monkeypatch):
+    app, state = fake_openai_server()
+    monkeypatch.setenv("OPENAI_API_KEY", "from-the-environment")
+    with running_server(app) as server:
+        result = run_serve_benchmark(server.url, [2], num_prompts=3, input_len=2, output_len=2, api_key="sk-test")
+        run_serve_benchmark(server.url, [2], num_prompts=3, input_len=2, output_len=2)
+    assert state["authorization"][:4] == ["Bearer sk-test"] * 4  # the warm-up and the 3 timed requests
+    assert state["authorization"][4:] == ["Bearer from-the-environment"] * 4
+    assert result["config"]["api_key"] is True  # that a key was sent, never the key
+    assert "sk-test" not in str(result)
