@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# The serving benchmarks of issues 15 and 21 on the GPU, in one device call:
-#   scripts/gpu_serve.sh      (carry .whl_serve and .whl_small)
-# qwen3-0.6b-random in bf16, the continuous scheduler, INPUT_LEN-token prompts and OUTPUT_LEN new tokens:
-#   1. `benchmark serve` at concurrency 64, temperature 1.0 (what a client that sets nothing gets), and 0;
-#   2. the offline engine (`benchmark throughput`, no HTTP) on the same requests and temperature 1.0:
-#      served / offline output tok/s is the cost of serving;
-#   3. Poisson arrivals at 80% of the request rate run 1 sustained (p99 inter-token latency under load),
-#      with mixed batches and without (--no-mixed-batches);
-#   4. concurrency 64 with 10% of the clients leaving mid-stream: the others' latencies beside run 1's.
-# Writes JSON + markdown under $OUT/serve, a summary in $OUT/serve/summary.md, and $OUT/results-serve.tgz.
+# The serving measurements of issues 15 and 21 on the GPU, in one device call (each stage has its own limit):
+#   STAGES="tests startup serve" bash scripts/gpu_serve.sh     (carry .whl_serve; .whl_xz for FA2 in the tests)
+# qwen3-0.6b-random in bf16, sdpa (the server's default), the continuous scheduler, max batch 64,
+# N requests of INPUT_LEN prompt and OUTPUT_LEN new tokens.
+#   tests    the GPU tests of the engine (every backend; the random models: SmolLM2's GGUF is not carried);
+#   startup  Engine.startup_s and the number of decode graphs captured before the engine is ready, per backend;
+#   serve    on one server: concurrency 64 at temperature 1.0 and 0, and with 10% of the clients leaving after
+#            4 chunks; then Poisson arrivals at 80% of the request rate concurrency 64 sustained, with and
+#            without 10% leaving (the same arrival times: the leaving clients only take load away), each
+#            twice, interleaved; a server with --api-key on the concurrency-64 run (auth's cost); a server with
+#            --no-mixed-batches at the 80% rate; the offline engine on the same requests (`benchmark
+#            throughput`): served / offline is the cost of serving; `benchmark server-overhead` on this host.
+# Writes JSON + markdown under $OUT/serve, a summary in $OUT/serve/summary.md.
 set -uo pipefail
 OUT=${OUT:-$PWD/out}
 R=$OUT/serve
@@ -19,12 +22,51 @@ INPUT_LEN=${INPUT_LEN:-128}
 OUTPUT_LEN=${OUTPUT_LEN:-128}
 N=${N:-256}
 BATCH=${BATCH:-64}
+STAGES=${STAGES:-"tests startup serve"}
 source "$(dirname "$0")/device_env.sh"
+for f in .whl_xz/*.tar.xz; do [ -e "$f" ] && mkdir -p /tmp/site && tar -xJf "$f" -C /tmp/site; done
+export PYTHONPATH=$PWD:$PYTHONPATH
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
-  python3 -c 'import torch, fastapi, uvicorn, pydantic; print(torch.__version__, fastapi.__version__, uvicorn.__version__, pydantic.__version__)'
-} 2>&1 | tee "$R/device.txt"
+  python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'
+  python3 -c 'import fastapi, uvicorn, pydantic; print("fastapi", fastapi.__version__, "uvicorn", uvicorn.__version__, "pydantic", pydantic.__version__)'
+  python3 -c 'import flash_attn; print("flash_attn", flash_attn.__version__)'
+  git log -1 --format='commit %H' 2>/dev/null || true; } 2>&1 | tee "$R/device.txt"
 
 run() { echo "\$ $*" | tee -a "$R/commands.txt"; "$@"; echo "exit $?" | tee -a "$R/commands.txt"; }
+has() { case " $STAGES " in *" $1 "*) return 0;; esac; return 1; }
+
+if has tests; then
+  run timeout "${TESTS_S:-300}" python3 -m pytest -q -m gpu -x tests/engine/test_engine_gpu.py -k "not smollm2" \
+    > "$R/tests-engine-gpu.log" 2>&1
+  tail -5 "$R/tests-engine-gpu.log"
+fi
+
+if has startup; then
+  run timeout "${STARTUP_S:-240}" python3 - "$MODEL" "$BATCH" "$R/startup.json" <<'PY'
+import json, sys, time
+import torch
+from ruvoninference.attention import get_available_implementations
+from ruvoninference.engine import Engine
+from ruvoninference.models import load_model
+model, batch, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+bundle = load_model(model, torch.device("cuda"), torch.bfloat16)
+rows = []
+for attn in [i.value for i in get_available_implementations("cuda")]:
+    torch.cuda.synchronize()
+    engine = Engine(bundle, attn, max_batch_size=batch)
+    graphs = len(engine.runner._graphs)
+    rows.append({"attn": attn, "startup_s": engine.startup_s, "graphs": graphs, "max_batch_size": batch,
+                 "context_length": engine.context_length, "block_size": engine.block_size,
+                 "kv_blocks": engine.block_manager.num_blocks})
+    print(rows[-1], flush=True)
+    del engine
+    torch.cuda.empty_cache()
+json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "model": model, "dtype": "bfloat16",
+           "note": "startup_s: Engine() on already loaded weights (cache sizing, kernel compiles, graph captures)",
+           "engines": rows}, open(path, "w"), indent=1)
+PY
+fi
+
 port=8100
 start_server() {  # start_server NAME [serve options...]
   local name=$1; shift
@@ -34,58 +76,82 @@ start_server() {  # start_server NAME [serve options...]
   python3 cli.py serve --model "$MODEL" --dtype "$DTYPE" --port "$port" --max-batch-size "$BATCH" "$@" \
     > "$R/server-$name.log" 2>&1 &
   pid=$!
+  local t0=$SECONDS
   for _ in $(seq 600); do
     curl -sf "http://127.0.0.1:$port/health" >/dev/null && break
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.5
   done
+  echo "server $name ready after $((SECONDS - t0)) s" | tee -a "$R/commands.txt"
 }
 stop_server() { kill "$pid"; wait "$pid" 2>/dev/null; }
 bench() {  # bench NAME [benchmark serve options...]
   local name=$1; shift
-  run python3 cli.py benchmark serve --url "http://127.0.0.1:$port" --num-prompts "$N" --input-len "$INPUT_LEN" \
-    --output-len "$OUTPUT_LEN" "$@" --json "$R/serve-$name.json" --markdown "$R/serve-$name.md"
+  run timeout 120 python3 cli.py benchmark serve --url "http://127.0.0.1:$port" --num-prompts "$N" \
+    --input-len "$INPUT_LEN" --output-len "$OUTPUT_LEN" "$@" --json "$R/serve-$name.json" \
+    --markdown "$R/serve-$name.md" > "$R/bench-$name.log" 2>&1
 }
 
-start_server mixed
-bench c64-t1 --concurrency 64 --temperature 1.0
-bench c64-t0 --concurrency 64 --temperature 0
-bench c64-t1-disconnect10 --concurrency 64 --temperature 1.0 --disconnect-fraction 0.1
-RATE=$(python3 -c "import json; print(round(0.8 * json.load(open('$R/serve-c64-t1.json'))['runs'][0]['request_throughput'], 2))")
-echo "80% of the request rate sustained at concurrency 64: $RATE req/s" | tee -a "$R/commands.txt"
-bench rate80-mixed --concurrency "$N" --temperature 1.0 --request-rate "$RATE"
-stop_server
-start_server unmixed --no-mixed-batches
-bench rate80-unmixed --concurrency "$N" --temperature 1.0 --request-rate "$RATE"
-stop_server
+if has serve; then
+  start_server sdpa
+  bench c64-t1-a --concurrency 64 --temperature 1.0
+  bench c64-t1-d10-a --concurrency 64 --temperature 1.0 --disconnect-fraction 0.1
+  bench c64-t1-b --concurrency 64 --temperature 1.0
+  bench c64-t1-d10-b --concurrency 64 --temperature 1.0 --disconnect-fraction 0.1
+  bench c64-t0 --concurrency 64 --temperature 0
+  RATE=$(python3 -c "import json; print(round(0.8 * json.load(open('$R/serve-c64-t1-a.json'))['runs'][0]['request_throughput'], 2))")
+  echo "80% of the request rate sustained at concurrency 64: $RATE req/s" | tee -a "$R/commands.txt"
+  for rep in a b; do
+    bench rate80-$rep --concurrency "$N" --temperature 1.0 --request-rate "$RATE"
+    bench rate80-d10-$rep --concurrency "$N" --temperature 1.0 --request-rate "$RATE" --disconnect-fraction 0.1
+  done
+  curl -s "http://127.0.0.1:$port/metrics" > "$R/metrics-sdpa.txt"
+  stop_server
 
-# The engine without HTTP, on the same requests (the offline engine's best: same batch, same temperature).
-run python3 cli.py benchmark throughput --model "$MODEL" --dtype "$DTYPE" --scheduler continuous --num-seqs "$N" \
-  --min-input-len "$INPUT_LEN" --max-input-len "$INPUT_LEN" --min-output-len "$OUTPUT_LEN" \
-  --max-output-len "$OUTPUT_LEN" --max-batch-size "$BATCH" --temperature 1.0 \
-  --json "$R/throughput-offline.json" --markdown "$R/throughput-offline.md"
+  start_server apikey --api-key serve-bench-key
+  for rep in a b; do OPENAI_API_KEY=serve-bench-key bench c64-t1-apikey-$rep --concurrency 64 --temperature 1.0; done
+  stop_server
 
-python3 - "$R" <<'PY' 2>&1 | tee "$R/summary.md"
+  start_server unmixed --no-mixed-batches
+  bench rate80-unmixed --concurrency "$N" --temperature 1.0 --request-rate "$RATE"
+  stop_server
+
+  run timeout 180 python3 cli.py benchmark throughput --model "$MODEL" --dtype "$DTYPE" --scheduler continuous \
+    --num-seqs "$N" --min-input-len "$INPUT_LEN" --max-input-len "$INPUT_LEN" --min-output-len "$OUTPUT_LEN" \
+    --max-output-len "$OUTPUT_LEN" --max-batch-size "$BATCH" --temperature 1.0 \
+    --json "$R/throughput-offline.json" --markdown "$R/throughput-offline.md" > "$R/throughput-offline.log" 2>&1
+  if python3 cli.py benchmark server-overhead --help >/dev/null 2>&1; then
+    run timeout 120 python3 cli.py benchmark server-overhead --serve-json "$R/serve-c64-t1-a.json" \
+      --json "$R/server-overhead.json" --markdown "$R/server-overhead.md" > "$R/server-overhead.log" 2>&1
+  fi
+
+  python3 - "$R" <<'PY' 2>&1 | tee "$R/summary.md"
 import json, sys
 r = sys.argv[1]
 def run(name):
     try:
         return json.load(open(f"{r}/serve-{name}.json"))["runs"][0]
-    except (OSError, KeyError, IndexError):
+    except (OSError, KeyError, IndexError, ValueError):
         return None
-print("| run | ok | failed | aborted | output tok/s | TTFT p99 ms | TPOT median ms | ITL median ms | ITL p99 ms |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-for name in ("c64-t1", "c64-t0", "c64-t1-disconnect10", "rate80-mixed", "rate80-unmixed"):
+names = ["c64-t1-a", "c64-t1-b", "c64-t1-d10-a", "c64-t1-d10-b", "c64-t0", "rate80-a", "rate80-b", "rate80-d10-a",
+         "rate80-d10-b", "c64-t1-apikey-a", "c64-t1-apikey-b", "rate80-unmixed"]
+print("| run | ok | failed | aborted | duration s | output tok/s | TTFT median ms | TTFT p99 ms | TPOT median ms "
+      "| ITL median ms | ITL p99 ms |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for name in names:
     x = run(name)
     if x:
-        print(f"| {name} | {x['completed']} | {x['failed']} | {x.get('aborted', 0)} | {x['output_throughput']:,.1f} | "
-              f"{x['p99_ttft_ms']:,.1f} | {x['median_tpot_ms']:,.2f} | {x['median_itl_ms']:,.2f} | {x['p99_itl_ms']:,.2f} |")
+        print(f"| {name} | {x['completed']} | {x['failed']} | {x.get('aborted', 0)} | {x['duration_s']:.2f} | "
+              f"{x['output_throughput']:,.1f} | {x['median_ttft_ms']:,.1f} | {x['p99_ttft_ms']:,.1f} | "
+              f"{x['median_tpot_ms']:,.2f} | {x['median_itl_ms']:,.2f} | {x['p99_itl_ms']:,.2f} |")
+    else:
+        print(f"| {name} | missing | | | | | | | | | |")
 try:
-    offline = json.load(open(f"{r}/throughput-offline.json"))["engine"]["output_tokens_per_s"]
-    served = run("c64-t1")["output_throughput"]
+    offline = json.load(open(f"{r}/throughput-offline.json"))["runs"][0]["engine"]["output_tokens_per_s"]
+    served = run("c64-t1-a")["output_throughput"]
     print(f"\nserved at concurrency 64, temperature 1: {served:,.1f} output tok/s; offline engine, same requests "
-          f"and temperature: {offline:,.1f}; served/offline = {served / offline:.1%} (goal: 85%)")
-except (OSError, KeyError, TypeError) as exc:
+          f"and temperature: {offline:,.1f}; served/offline = {served / offline:.1%}")
+except (OSError, KeyError, TypeError, ValueError) as exc:
     print(f"offline throughput missing: {exc}")
 PY
-tar -czf "$OUT/results-serve.tgz" -C "$OUT" serve
+fi
