@@ -33,6 +33,7 @@ kernel_app.command("paged")(kernel_cmd.kernel_paged)
 app.command("serve")(serve_cmd.serve)
 benchmark_app.command("serve")(serve_cmd.benchmark_serve)
 benchmark_app.command("speculative")(spec_cmd.speculative)
+benchmark_app.command("server-overhead")(__import__("ruvon_cli.overhead_cmd").overhead_cmd.server_overhead)
 
 
 def main() -> None:
