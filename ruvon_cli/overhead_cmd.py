@@ -101,10 +101,12 @@ def overhead_markdown(data: dict) -> str:
              f"`{data.get('command', 'cli.py benchmark server-overhead')}`", "", machine, "", method, ""]
     relative = data.get("relative_to")
     if relative:
-        lines += [(f"Percentages against `{relative['path']}` ({relative['model']}, max batch "
-                   f"{relative['max_batch_size']}, on {(relative.get('environment') or {}).get('device', '?')}): "
-                   f"per request of the median TTFT; per token times the tokens of one step, per step and per "
-                   f"scrape, of the median ITL."), ""]
+        batch = (f"max batch {relative['max_batch_size']}" if relative["max_batch_size"]
+                 else "its max batch not recorded, so the tokens of a step are taken to be the concurrency")
+        device = (relative.get("environment") or {}).get("device", "a device it did not record")
+        lines += [(f"Percentages against `{relative['path']}` ({relative['model']}, {batch}; served on {device}): "
+                   f"per request, of the median TTFT; per token, times the tokens of one step, of the median "
+                   f"ITL; per step and per scrape, of the median ITL."), ""]
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 3) + ["---"])
               + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in _rows(data, what=True)]
