@@ -224,6 +224,21 @@ def check_parallel_size(model: str, tensor_parallel_size: int, device: torch.dev
     check_shardable(model_config(model), tensor_parallel_size)
 
 
+def check_tensor_parallel(model: str, tensor_parallel_size: int, device: str | torch.device | None) -> None:
+    """Everything that can refuse a size before any process starts or any weight loads: the GPUs visible, the
+    model's heads and MLP width, and (above size 1) the rendezvous port. For commands that build the engine
+    later (a server loads it in the background) or several times (benchmarks)."""
+    if tensor_parallel_size == 1:
+        return
+    check_parallel_size(model, tensor_parallel_size, resolve_device(device))
+    rendezvous()  # MASTER_PORT, when set, must be free
+
+
+def parallel_size(engine: Engine) -> int:
+    """How many processes an engine's model is cut over (1: not tensor-parallel)."""
+    return engine.runner.tp.world_size if isinstance(engine.runner, DriverRunner) else 1
+
+
 def tensor_parallel_engine(model: str, attn: str = "sdpa", device: str | None = None,
                            dtype: str | torch.dtype | None = None, *, tensor_parallel_size: int,
                            port: int | None = None, **engine_kwargs) -> Engine:
@@ -231,6 +246,7 @@ def tensor_parallel_engine(model: str, attn: str = "sdpa", device: str | None = 
 
     `Engine(model, ..., tensor_parallel_size=N)` calls this; the arguments are the Engine's.
     """
+    started = time.perf_counter()
     engine_kwargs["attn"] = attn
     if engine_kwargs.get("speculative"):
         raise RuvonError("Speculative decoding does not run tensor-parallel yet; drop --speculative or use a "
@@ -252,6 +268,7 @@ def tensor_parallel_engine(model: str, attn: str = "sdpa", device: str | None = 
         raise
     driver = DriverRunner(engine.runner, tp, workers)
     engine.runner = driver
+    engine.startup_s = time.perf_counter() - started  # the workers' start and every rank's load included
     weakref.finalize(engine, driver.close)  # at garbage collection or interpreter exit: no orphan
     threading.Thread(target=_watch_workers, args=(workers, weakref.ref(driver)), daemon=True).start()
     return engine

@@ -78,8 +78,8 @@ def check_port_free(port: int, host: str = "127.0.0.1") -> None:
             s.bind((host, port))
         except OSError:
             raise RuvonError(
-                f"The rendezvous port {port} on {host} is already in use; pick another with --tp-port or leave "
-                f"it out to use a free one."
+                f"The rendezvous port {port} on {host} is already in use; set MASTER_PORT to a free port, or unset "
+                f"it to let the engine pick one."
             ) from None
 
 
