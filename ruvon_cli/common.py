@@ -225,9 +225,29 @@ def build_engine(model, attn, device, dtype, scheduler="continuous", max_batch_s
                       **kwargs)
 
 
+def check_parallel(model: str, tensor_parallel_size: int, device: str | None, baseline: str | None = None) -> None:
+    """A tensor-parallel size this machine, the model and the command can run, refused before anything loads."""
+    from ruvoninference.errors import RuvonError
+
+    if tensor_parallel_size == 1:
+        return
+    if baseline == "hf":
+        raise RuvonError(
+            f"The Hugging Face baseline runs the whole model in one process and cannot be cut over "
+            f"{tensor_parallel_size}; drop --baseline hf to measure ours at --tensor-parallel-size "
+            f"{tensor_parallel_size}, or run the baseline at --tensor-parallel-size 1."
+        )
+    from ruvoninference.parallel.engine import check_tensor_parallel
+
+    check_tensor_parallel(model, tensor_parallel_size, device)
+
+
 def engine_config(engine) -> dict:
     """The engine settings a result depends on, for its JSON."""
-    return {"scheduler": engine.scheduler.policy, "max_batch_size": engine.max_batch_size,
+    from ruvoninference.parallel.engine import parallel_size
+
+    return {"tensor_parallel_size": parallel_size(engine), "scheduler": engine.scheduler.policy,
+            "max_batch_size": engine.max_batch_size,
             "block_size": engine.block_size, "num_kv_blocks": engine.block_manager.num_blocks,
             "max_num_batched_tokens": engine.max_num_batched_tokens, "cuda_graphs": engine.use_cuda_graphs,
             "prefix_caching": engine.block_manager.enable_prefix_caching, "max_model_len": engine.context_length}

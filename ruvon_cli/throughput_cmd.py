@@ -8,8 +8,8 @@ import typer
 
 from ruvon_cli import render
 from ruvon_cli.common import (
-    BlockSize, Device, Dtype, EnforceEager, JsonPath, KvCacheMemory, MarkdownPath, Model, command_line, engine_config,
-    friendly, parse_size,
+    BlockSize, Device, Dtype, EnforceEager, JsonPath, KvCacheMemory, MarkdownPath, Model, TensorParallelSize,
+    check_parallel, command_line, engine_config, friendly, parse_size,
 )
 from ruvon_cli.render import console
 
@@ -43,6 +43,7 @@ def throughput(
     block_size: BlockSize = None,
     kv_cache_memory: KvCacheMemory = None,
     enforce_eager: EnforceEager = False,
+    tensor_parallel_size: TensorParallelSize = 1,
     seed: Annotated[int, typer.Option(help="Seed of the random prompts and lengths.")] = 0,
     warmup_tokens: Annotated[int, typer.Option(
         help="New tokens of the warm-up generate before each timed one (nano-vllm's 64).")] = 64,
@@ -76,16 +77,22 @@ def throughput(
     if max_num_batched_tokens is not None and max_num_batched_tokens < 1:
         raise RuvonError(f"--max-num-batched-tokens must be at least 1, not {max_num_batched_tokens}.")
     budget = parse_size(kv_cache_memory) if kv_cache_memory is not None else None
+    check_parallel(model, tensor_parallel_size, device, baseline)
+    cut = f", {tensor_parallel_size} processes" if tensor_parallel_size != 1 else ""
     policies = scheduler or ["continuous"]
     runs = []
     for i, policy in enumerate(policies):
-        def make_engine(bundle, progress, policy=policy):  # bundle None: load the model; else reuse its weights
+        def make_engine(bundle, progress, policy=policy):
+            """bundle None: load the model; else reuse its weights, except tensor-parallel, where every rank
+            loads its shard by name again (the library stops the previous engine's workers first)."""
             from ruvoninference.engine import Engine
 
-            progress(f"Loading {model} ({attn})" if bundle is None else f"A fresh engine on {model}'s weights", 0, 1)
-            return Engine(bundle or model, attn, device, dtype, max_batch_size=max_batch_size, block_size=block_size,
-                          scheduler=policy, max_num_batched_tokens=max_num_batched_tokens, kv_cache_memory=budget,
-                          enforce_eager=enforce_eager, mixed_batches=mixed_batches, progress=progress)
+            reuse = bundle is not None and tensor_parallel_size == 1
+            progress(f"A fresh engine on {model}'s weights" if reuse else f"Loading {model} ({attn}{cut})", 0, 1)
+            return Engine(bundle if reuse else model, attn, device, dtype, max_batch_size=max_batch_size,
+                          block_size=block_size, scheduler=policy, max_num_batched_tokens=max_num_batched_tokens,
+                          kv_cache_memory=budget, enforce_eager=enforce_eager, mixed_batches=mixed_batches,
+                          progress=progress, tensor_parallel_size=tensor_parallel_size)
 
         with render.progress_bar() as progress:
             result = benchmark_throughput(
@@ -175,12 +182,17 @@ def render_table(runs: list[dict]):
                        f"{runs[-1]['speedup_vs_hf']:.2f}x")
     workload = "nano-vllm workload" if cfg.get("workload") == "nano-vllm" else "requests"
     table = Table(title=f"Throughput: {cfg['num_seqs']} {workload}, {cfg['model']} · {cfg['attn']} · "
-                        f"{cfg['device']} · {cfg['dtype']}", caption="\n".join(caption))
+                        f"{cfg['device']} · {cfg['dtype']}{_parallel(cfg)}", caption="\n".join(caption))
     for h in SHORT_HEADERS:
         table.add_column(h, justify="left" if h == "run" else "right")
     for row in _rows(runs):
         table.add_row(*row)
     return table
+
+
+def _parallel(cfg: dict, separator: str = " · ") -> str:
+    n = cfg.get("tensor_parallel_size", 1)  # absent from results older than -tp
+    return f"{separator}tensor-parallel over {n} processes" if n > 1 else ""
 
 
 def _settings(settings: dict) -> str:
@@ -193,7 +205,7 @@ def to_markdown(data: dict) -> str:
     lines = [
         f"Device: {env['device']}; torch {env['torch']}, transformers {env['transformers']}, triton {env['triton']}, "
         f"flash-attn {env['flash_attn']}.",
-        f"Model {cfg['model']}, {cfg['attn']}, {cfg['dtype']}; {_workload_line(cfg)}; block size {cfg['block_size']}, "
+        f"Model {cfg['model']}, {cfg['attn']}, {cfg['dtype']}{_parallel(cfg, ', ')}; {_workload_line(cfg)}; block size {cfg['block_size']}, "
         f"max batch {cfg['max_batch_size']}, {cfg['max_num_batched_tokens']} batched tokens, "
         f"CUDA graphs {cfg['cuda_graphs']}" + (f", mixed batches {cfg['mixed_batches']}." if "mixed_batches" in cfg
                                                else "."),

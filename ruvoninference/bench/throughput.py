@@ -18,6 +18,11 @@ Decode steps are bound by memory traffic: each reads every weight once and every
 the batch once. We sum those bytes over the decode steps and divide by their time, and measure a
 device-to-device copy in the same run, so the achieved bandwidth is a fraction of what the device moves.
 
+Tensor-parallel engines (`make_engine` gives `Engine(name, ..., tensor_parallel_size=N)`): the bytes counted
+are rank 0's shard of the weights and of the KV cache and the copy runs on rank 0's device, so the fraction
+is per GPU. Processes cannot share loaded weights, so each fresh engine loads its shards by name again, and
+the previous engine's workers are stopped first (`parallel.engine.shutdown`), also when a run fails.
+
 Baseline (`baseline_hf=True`), with the same prompts, lengths and sampling, warmed before it is timed:
 on CUDA, transformers' own continuous batching (`paged|flash_attention_2` or `paged|sdpa`) given the
 workload's hints, its CUDA graphs pre-captured by `manager.warmup()` and a warm-up batch through the same
@@ -30,6 +35,8 @@ cost), after one warm-up `generate`.
 from __future__ import annotations
 
 import gc
+import hashlib
+import json
 import random
 import statistics
 import time
@@ -43,6 +50,7 @@ from ruvoninference.engine import Engine, SamplingParams
 from ruvoninference.environment import describe
 from ruvoninference.errors import RuvonError
 from ruvoninference.models import ModelBundle
+from ruvoninference.parallel.engine import shutdown
 from ruvoninference.weights import ProgressCallback
 
 WORKLOADS = ("nano-vllm", "random")
@@ -160,10 +168,12 @@ def run_engine(engine: Engine, workload: Workload, temperature: float = 0.0,
     preempt_before = engine.scheduler.num_preemptions
     _sync(engine.device)
     start, cpu_start = time.perf_counter(), time.process_time()
+    tokens: dict[str, list[int]] = {}  # request id -> its generated tokens, in the workload's order
     for prompt, n in zip(workload.prompts, workload.output_lens):
         # As generate() does for a caller that reads only the final outputs: no text decoded as it grows.
-        engine.add_request(prompt, SamplingParams(temperature=temperature, max_tokens=n, ignore_eos=True),
-                           stream_text=False)
+        request_id = engine.add_request(prompt, SamplingParams(temperature=temperature, max_tokens=n,
+                                                               ignore_eos=True), stream_text=False)
+        tokens[request_id] = []
     while engine.has_unfinished():
         step_start = time.perf_counter()
         running_tokens = sum(s.num_tokens for s in engine.scheduler.running)
@@ -176,7 +186,9 @@ def run_engine(engine: Engine, workload: Workload, temperature: float = 0.0,
         else:  # a prefill step, or one that mixes prefill chunks and decodes
             prefill_times.append(step_end - step_start)
         peak_used = max(peak_used, engine.block_manager.num_blocks - engine.block_manager.num_free_blocks)
-        done_tokens += sum(len(o.new_token_ids) for o in outputs)
+        for o in outputs:
+            tokens[o.request_id] += o.new_token_ids
+            done_tokens += len(o.new_token_ids)
         if progress and (step_end - shown > 0.25 or not engine.has_unfinished()):
             progress(f"Generating (temperature {temperature:g})", done_tokens, total_out)
             shown = step_end
@@ -201,6 +213,8 @@ def run_engine(engine: Engine, workload: Workload, temperature: float = 0.0,
         "kv_blocks_total": engine.block_manager.num_blocks,
         "preemptions": engine.scheduler.num_preemptions - preempt_before,
         "engine_startup_s": getattr(engine, "startup_s", None),  # load, cache sizing, compiles, graph captures
+        # Two runs with the same digest generated the same tokens (greedy: a check across engines and sizes).
+        "token_ids_sha256": hashlib.sha256(json.dumps(list(tokens.values())).encode()).hexdigest(),
     }
 
 
@@ -356,13 +370,26 @@ def benchmark_throughput(make_engine: EngineFactory, model: str, workload_name: 
     """Ours at `temperature` and (when above 0) greedy, then the baseline; see the module's docstring.
 
     `make_engine(None, progress)` loads the model; `make_engine(bundle, progress)` builds another engine on
-    the same weights.
+    the same weights (a tensor-parallel factory loads them by name again).
     """
     if not temperature >= 0:  # also NaN
         raise RuvonError(f"The temperature must be a number >= 0 (0 means greedy), not {temperature}.")
-    engine = make_engine(None, progress)
+    current = [make_engine(None, progress)]  # the engine alive now (a fresh one replaces it for greedy)
+    try:
+        return _benchmark(current, make_engine, model, workload_name, num_seqs, input_lens, output_lens, seed,
+                          temperature, baseline_hf, warmup_tokens, describe_engine, progress)
+    finally:
+        if current[0] is not None:  # a tensor-parallel engine's workers, also on an error (nothing for one process)
+            shutdown(current[0])
+
+
+def _benchmark(current: list[Engine], make_engine: EngineFactory, model: str, workload_name: str, num_seqs: int,
+               input_lens: tuple[int, int], output_lens: tuple[int, int], seed: int, temperature: float,
+               baseline_hf: bool, warmup_tokens: int, describe_engine: Callable[[Engine], dict] | None,
+               progress: ProgressCallback | None) -> dict:
+    engine = current[0]
     bundle, device, dtype = engine.bundle, engine.device, engine.dtype
-    vocab_size = bundle.config.vocab_size
+    vocab_size = bundle.config.vocab_size  # whole on every tensor-parallel rank
     workload = make_workload(workload_name, vocab_size, num_seqs, input_lens, output_lens, seed)
     for prompt, n in zip(workload.prompts, workload.output_lens):
         engine.check_request(prompt, SamplingParams(max_tokens=n))
@@ -378,13 +405,17 @@ def benchmark_throughput(make_engine: EngineFactory, model: str, workload_name: 
     attn, max_batch_size = str(engine.attn), engine.max_batch_size
     for i, t in enumerate([temperature, 0.0] if temperature > 0 else [0.0]):
         if i:  # a fresh engine on the same weights: nothing of the first run in its prefix cache
-            del engine
+            shutdown(engine)  # tensor-parallel: its workers end before the next engine's start
+            current[0] = None
+            del engine  # its KV cache is freed before the next engine sizes its own
             _release(device)
-            engine = make_engine(bundle, progress)
+            engine = current[0] = make_engine(bundle, progress)
         warm = warm_up_engine(engine, t, warmup_tokens)
         ours = run_engine(engine, workload, t, progress)
         ours["warmup"] = warm
         result["engine" if i == 0 else "engine_greedy"] = ours
+    shutdown(engine)
+    current[0] = None
     del engine, bundle
     _release(device)
     copy = copy_bandwidth(device)
