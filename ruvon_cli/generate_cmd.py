@@ -9,9 +9,9 @@ import typer
 from ruvon_cli import render
 from ruvon_cli.common import (
     BlockSize, Device, Dtype, EnforceEager, JsonPath, KvCacheMemory, MarkdownPath, MaxBatchSize, Model, Prompt, Prompts,
-    Scheduler, build_engine, command_line, engine_config, friendly, pick_implementations,
+    Scheduler, TensorParallelSize, build_engine, check_parallel, command_line, engine_config, friendly,
+    pick_implementations,
 )
-from ruvon_cli.common import TensorParallelSize
 from ruvon_cli.render import console, err_console
 from ruvon_cli.spec_cmd import (
     DraftModel, NgramMax, NumSpeculativeTokens, Speculative, speculation_line, speculative_options,
@@ -162,7 +162,7 @@ def implementations(device: Device = None, dtype: Dtype = None) -> None:
 
 
 def run_benchmark(model, text, max_tokens, device, dtype, warmup, repeats, baseline, attn, detailed,
-                  json_path, markdown_path, enforce_eager=False):
+                  json_path, markdown_path, enforce_eager=False, tensor_parallel_size=1):
     from ruvoninference.errors import RuvonError
 
     if baseline not in (None, "hf"):
@@ -171,12 +171,14 @@ def run_benchmark(model, text, max_tokens, device, dtype, warmup, repeats, basel
         raise RuvonError(f"--warmup must be 0 or more, not {warmup}.")
     if repeats < 1:
         raise RuvonError(f"--repeats must be at least 1, not {repeats}.")
+    check_parallel(model, tensor_parallel_size, device, baseline)
     from ruvoninference.bench.generation import compare_implementations, to_markdown
     chosen, skipped = pick_implementations(attn, device)
     with render.progress_bar() as progress:
         report = compare_implementations(
             model, text, max_tokens, chosen, device, dtype, warmup=warmup, repeats=repeats,
             baseline_hf=baseline == "hf", skipped=skipped, progress=progress, enforce_eager=enforce_eager,
+            tensor_parallel_size=tensor_parallel_size,
         )
     data = report.to_dict()
     data["command"] = command_line()
@@ -202,6 +204,7 @@ def benchmark(
     baseline: Annotated[Optional[str], typer.Option(help="'hf' adds Hugging Face generate as a row.")] = None,
     attn: Annotated[Optional[list[str]], typer.Option(help="Only these implementations (repeatable).")] = None,
     enforce_eager: EnforceEager = False,
+    tensor_parallel_size: TensorParallelSize = 1,
     json_path: JsonPath = None,
     markdown_path: MarkdownPath = None,
 ) -> None:
@@ -209,4 +212,4 @@ def benchmark(
     if ctx.invoked_subcommand is not None:
         return
     run_benchmark(model, text, max_tokens, device, dtype, warmup, repeats, baseline, attn, detailed,
-                  json_path, markdown_path, enforce_eager)
+                  json_path, markdown_path, enforce_eager, tensor_parallel_size)

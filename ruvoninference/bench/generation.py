@@ -11,6 +11,12 @@ run it with, so the engine is measured against the library with the same attenti
 
 The engine's KV cache is sized to this run (prompt plus new tokens, rounded up to blocks), so the peak
 memory it reports is comparable with Hugging Face's growing cache rather than a preallocated pool.
+
+`tensor_parallel_size=N` runs each of our rows on an engine cut over N processes. Processes cannot share
+weights loaded here, so each row's engine loads its shards by name (and is stopped before the next row
+starts); the prompt is tokenized by that engine, and the cache is sized before it from the prompt's UTF-8
+bytes plus one (no byte-level or SentencePiece token is shorter than a byte) with rank 0's KV heads. Peak
+memory is rank 0's (its process, or its GPU).
 """
 
 from __future__ import annotations
@@ -27,7 +33,10 @@ from ruvoninference.attention import AttentionImplementation, load_model_with_at
 from ruvoninference.config import dtype_name, resolve_device, resolve_dtype
 from ruvoninference.engine import Engine, SamplingParams
 from ruvoninference.environment import describe
-from ruvoninference.models import load_model
+from ruvoninference.models import load_model, model_config
+from ruvoninference.parallel import TPGroup
+from ruvoninference.parallel.engine import shutdown
+from ruvoninference.parallel.shard import local_config
 from ruvoninference.stats import peak_memory, reset_peak_memory
 from ruvoninference.weights import ProgressCallback
 
@@ -166,6 +175,7 @@ def compare_implementations(
     skipped: dict[str, str] | None = None,
     progress: ProgressCallback | None = None,
     enforce_eager: bool = False,
+    tensor_parallel_size: int = 1,
 ) -> BenchmarkReport:
     """Benchmark the engine under each implementation (and optionally HF generate) side by side."""
     dev = resolve_device(device)
@@ -174,7 +184,8 @@ def compare_implementations(
         environment=describe(dev),
         config={
             "model": model, "prompt": prompt, "max_tokens": max_tokens, "device": str(dev),
-            "dtype": dtype_name(torch_dtype), "warmup": warmup, "repeats": repeats,
+            "dtype": dtype_name(torch_dtype), "tensor_parallel_size": tensor_parallel_size, "warmup": warmup,
+            "repeats": repeats,
             "implementations": [str(i) for i in implementations], "baseline_hf": baseline_hf,
             "cuda_graphs": dev.type == "cuda" and not enforce_eager,
             "decoding": "greedy, EOS ignored (every run generates max_tokens)",
@@ -186,12 +197,14 @@ def compare_implementations(
         jobs += [(HF_PREFIX + str(i), i) for i in implementations if i in HF_IMPLEMENTATIONS]
     if progress:
         progress(f"Loading {model}", 0, len(jobs))
-    bundle = load_model(model, dev, torch_dtype)
-    prompt_ids = bundle.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    report.config["prompt_tokens"] = len(prompt_ids)
-    # Enough cache for this run and no more (see the module docstring).
-    tokens = -(-(len(prompt_ids) + max_tokens) // 256) * 256  # whole blocks for any block size up to 256
-    kv_bytes = tokens * bundle.config.kv_bytes_per_token(torch_dtype)
+    if tensor_parallel_size == 1:
+        bundle = load_model(model, dev, torch_dtype)
+        prompt_ids = bundle.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        kv_bytes = _run_cache(len(prompt_ids), max_tokens, bundle.config.kv_bytes_per_token(torch_dtype))
+    else:  # every row's engine loads its own shards (see the module docstring)
+        bundle, prompt_ids = None, None
+        rank0 = local_config(model_config(model), TPGroup(0, tensor_parallel_size))
+        kv_bytes = _run_cache(len(prompt.encode("utf-8")) + 1, max_tokens, rank0.kv_bytes_per_token(torch_dtype))
     for step, (name, impl) in enumerate(jobs):
         if progress:
             progress(f"Benchmarking {name}", step, len(jobs))
@@ -199,9 +212,16 @@ def compare_implementations(
             subject = load_model_with_attention(model, impl, dev, torch_dtype)
             runs, token_ids = _hf_generate(subject, prompt_ids, max_tokens, warmup, repeats)
         else:
-            subject = Engine(bundle, impl, max_batch_size=1, kv_cache_memory=kv_bytes, enforce_eager=enforce_eager)
-            subject.check_request(prompt_ids, SamplingParams(max_tokens=max_tokens))
-            runs, token_ids = _ours(subject, prompt_ids, max_tokens, warmup, repeats)
+            subject = Engine(bundle or model, impl, dev, torch_dtype, max_batch_size=1, kv_cache_memory=kv_bytes,
+                             enforce_eager=enforce_eager, tensor_parallel_size=tensor_parallel_size)
+            try:
+                if prompt_ids is None:
+                    prompt_ids = subject.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+                subject.check_request(prompt_ids, SamplingParams(max_tokens=max_tokens))
+                runs, token_ids = _ours(subject, prompt_ids, max_tokens, warmup, repeats)
+            finally:
+                shutdown(subject)  # a tensor-parallel engine's workers end before the next row's start
+        report.config["prompt_tokens"] = len(prompt_ids)
         report.rows.append(_row(name, runs, token_ids))
         if not name.startswith(HF_PREFIX):
             report.rows[-1].kv_pool_bytes = subject.kv_cache.nbytes
@@ -212,6 +232,11 @@ def compare_implementations(
     _compare_with_eager(report.rows)
     _compare_with_hf(report.rows)
     return report
+
+
+def _run_cache(prompt_tokens: int, max_tokens: int, kv_bytes_per_token: int) -> int:
+    """Enough KV cache for this run and no more: whole blocks for any block size up to 256."""
+    return -(-(prompt_tokens + max_tokens) // 256) * 256 * kv_bytes_per_token
 
 
 def _compare_with_hf(rows: list[BenchmarkRow]) -> None:
