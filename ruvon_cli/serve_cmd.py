@@ -10,8 +10,8 @@ import typer
 
 from ruvon_cli import render
 from ruvon_cli.common import (
-    Device, Dtype, JsonPath, KvCacheMemory, MarkdownPath, Model, check_listen, check_model, command_line, friendly,
-    kv_cache_budget,
+    Device, Dtype, JsonPath, KvCacheMemory, MarkdownPath, Model, TensorParallelSize, check_listen, check_model,
+    check_parallel, command_line, friendly, kv_cache_budget,
 )
 from ruvon_cli.render import console, err_console
 
@@ -32,6 +32,7 @@ def serve(
     dtype: Dtype = None,
     kv_cache_memory: KvCacheMemory = None,
     enforce_eager: Annotated[bool, typer.Option("--enforce-eager", help="No CUDA graphs.")] = False,
+    tensor_parallel_size: TensorParallelSize = 1,
     mixed_batches: Annotated[bool, typer.Option(help="Let decodes ride along in prefill steps (continuous "
                                                      "scheduler).")] = True,
     served_model_name: Annotated[Optional[str], typer.Option(
@@ -65,13 +66,15 @@ def serve(
     settings = EngineSettings(
         model=model, attn=attn, device=device, dtype=dtype, scheduler=scheduler, max_batch_size=max_batch_size,
         max_queue=max_queue, enforce_eager=enforce_eager, extra={} if mixed_batches else {"mixed_batches": False},
-        kv_cache_memory=kv_cache_budget(kv_cache_memory, device),
+        kv_cache_memory=kv_cache_budget(kv_cache_memory, device), tensor_parallel_size=tensor_parallel_size,
     )
     app = create_app(settings, served_model_name, api_key=api_key, max_request_bytes=max_request_bytes)
     check_listen(host, port)  # before the banner: a busy port or unknown host is one sentence, exit 2
     check_model(model)  # a model that cannot load ends the server at start, not with 503s forever
+    check_parallel(model, tensor_parallel_size, device)  # so does a size this machine or model cannot run
+    cut = f", tensor-parallel over {tensor_parallel_size} processes" if tensor_parallel_size != 1 else ""
     err_console.print(f"[bold]Serving[/bold] {app.state.model_name} ({attn}, {scheduler} scheduler, batch "
-                      f"{max_batch_size}) on http://{host}:{port}; the model loads in the background "
+                      f"{max_batch_size}{cut}) on http://{host}:{port}; the model loads in the background "
                       f"(503 until then){'; API key required' if api_key else ''}.", highlight=False)
     if lifecycle.run(app, host, port, shutdown_timeout, access_log):
         raise typer.Exit(1)  # a second signal: running requests were cut short

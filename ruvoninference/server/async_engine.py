@@ -28,6 +28,12 @@ is rebuilt from the loaded weights.
 
 One engine per attention implementation, created on first use from the first engine's already loaded
 weights (`Engine(model=bundle)`), so `/completions` can serve `sdpa` and `eager` from one copy of the model.
+
+**Tensor parallelism** (`tensor_parallel_size` > 1): the engine thread builds the engine from the model's
+name, and it is rank 0 of a group of processes, each holding a shard; the worker processes cannot share
+weights with a second engine, so only the default implementation is served. The engine thread stops the
+workers when it ends (a server's shutdown), and an engine rebuilt after a failed step is a new group. A
+worker that dies ends the server with one sentence (parallel/engine.py), never a hang.
 """
 
 from __future__ import annotations
@@ -80,6 +86,7 @@ class EngineSettings:
     kv_cache_memory: int | None = None
     extra_kv_cache_memory: int = 256 * 2**20  # for engines of other implementations, created on demand
     enforce_eager: bool = False
+    tensor_parallel_size: int = 1  # > 1: `model` must be a name (every rank loads its shard)
     extra: dict = field(default_factory=dict)  # passed on to Engine as is
 
 
@@ -238,6 +245,12 @@ class AsyncEngine:
             return
         self.state = "ready"
         self.ready_event.set()
+        try:
+            self._loop()
+        finally:
+            self._close_engines()
+
+    def _loop(self) -> None:
         while not self._stop.is_set():
             try:
                 busy = any(engine.has_unfinished() for engine in self.engines.values())
@@ -261,12 +274,25 @@ class AsyncEngine:
 
     def _load(self) -> None:
         s = self.settings
-        engine = self._new_engine(s.attn, model=s.model, kv_cache_memory=s.kv_cache_memory)
+        engine = self._new_engine(s.attn, model=s.model, kv_cache_memory=s.kv_cache_memory,
+                                  tensor_parallel_size=s.tensor_parallel_size)
         self.engines[s.attn] = engine
         self.tokenization.bind(engine)
 
+    def _close_engines(self) -> None:
+        """The engine thread's last act: a tensor-parallel engine's workers stop (a collective, so here)."""
+        from ruvoninference.parallel.engine import shutdown
+
+        for engine in self.engines.values():
+            with contextlib.suppress(Exception):
+                shutdown(engine)
+
     def _engine_for(self, implementation: str):
         engine = self.engines.get(implementation)
+        if engine is None and self.settings.tensor_parallel_size != 1:
+            raise RuvonError(f"This server runs {self.default_implementation} tensor-parallel over "
+                             f"{self.settings.tensor_parallel_size} processes and cannot start another attention "
+                             f"implementation; leave attention_implementation out.")
         if engine is None:
             # Same weights, a cache of its own: a modest one, since the first engine took most of the memory.
             engine = self._new_engine(implementation, model=self.engine.bundle,
@@ -299,6 +325,9 @@ class AsyncEngine:
             self._add(command)
         elif isinstance(command, _Call):
             try:
+                if self.settings.tensor_parallel_size != 1:  # fn would run the model on rank 0 alone: a hang
+                    raise RuvonError("This server runs tensor-parallel; scoring a prompt outside the engine's "
+                                     "steps does not run tensor-parallel yet.")
                 result, error = command.fn(self.engine), None
             except Exception as exc:  # noqa: BLE001 (a RuvonError is the client's 400; anything else a 500)
                 result, error = None, self._client_error(exc)
@@ -397,10 +426,19 @@ class AsyncEngine:
                 log.error("abort after a failed step failed:\n%s", traceback.format_exc())
         if not pinned and engine.has_unfinished():  # requests no handler owns: start this engine afresh
             log.error("the engine kept unfinished sequences after a failed step; rebuilding it")
+            s = self.settings
+            if s.tensor_parallel_size != 1:  # a new group of processes, each loading its shard again
+                from ruvoninference.parallel.engine import shutdown
+
+                shutdown(engine)
+                del self.engines[implementation], engine
+                self.engines[implementation] = self._new_engine(implementation, model=s.model,
+                                                                kv_cache_memory=s.kv_cache_memory,
+                                                                tensor_parallel_size=s.tensor_parallel_size)
+                return
             bundle = engine.bundle
             del self.engines[implementation], engine
-            memory = self.settings.kv_cache_memory if implementation == self.default_implementation \
-                else self.settings.extra_kv_cache_memory
+            memory = s.kv_cache_memory if implementation == self.default_implementation else s.extra_kv_cache_memory
             self.engines[implementation] = self._new_engine(implementation, model=bundle, kv_cache_memory=memory)
 
     def _prefilled(self, t: _Tracked) -> None:
