@@ -148,7 +148,7 @@ async def info(engine: Ready, s: State) -> dict[str, Any]:
     st = s.settings
     return {"model": s.model_name, "scheduler": st.scheduler, "attention_implementation": st.attn,
             "max_batch_size": st.max_batch_size, "max_queue": st.max_queue,
-            "environment": describe(engine.engine.device)}
+            "tensor_parallel_size": st.tensor_parallel_size, "environment": describe(engine.engine.device)}
 
 
 def check_implementation(engine: AsyncEngine, requested: str | None) -> str | None:
@@ -166,6 +166,10 @@ def check_implementation(engine: AsyncEngine, requested: str | None) -> str | No
         impl = parse_implementation(requested)
     except RuvonError as exc:
         raise APIError(400, str(exc), "attention_implementation") from None
+    if str(impl) != engine.settings.attn and engine.settings.tensor_parallel_size != 1:  # one engine per process
+        raise APIError(400, f"This server runs {engine.settings.attn} tensor-parallel over "
+                            f"{engine.settings.tensor_parallel_size} processes and cannot start another attention "
+                            f"implementation; leave attention_implementation out.", "attention_implementation")
     reason = unavailable_reasons(device).get(impl)
     if reason:
         raise APIError(400, f"Attention implementation '{impl}' is unavailable: {reason}; available here: "
@@ -328,6 +332,10 @@ async def completions(req: CompletionRequest, request: Request, engine: Ready,
     ids = [await tokenized(engine.tokenization.encode(p)) for p in prompts]
     scores = None
     if req.echo and req.logprobs is not None:
+        if engine.settings.tensor_parallel_size != 1:  # scoring runs the model on rank 0 alone
+            raise APIError(400, "Scoring the prompt (echo with logprobs) does not run tensor-parallel yet; leave "
+                                "logprobs out with echo, or use a server started with --tensor-parallel-size 1.",
+                           "logprobs")
         top = req.logprobs
         scores = [await engine.call(lambda e, i=i: prompt_logprobs(e.bundle, i, top)) for i in ids]
     request_id, created = new_id("cmpl"), now()
