@@ -33,6 +33,7 @@ from ruvoninference.engine.speculative import check_speculative, make_speculator
 from ruvoninference.errors import RuvonError
 from ruvoninference.models import ModelBundle, load_model
 from ruvoninference.engine.sampler import SamplerOutput, SamplingTensors, sample
+from ruvoninference.engine.sampler import warm_up as warm_up_sampler
 from ruvoninference.sampling import SamplingParams, TokenLogprob
 from ruvoninference.weights import ProgressCallback
 
@@ -152,6 +153,7 @@ class Engine:
             self.runner.capture_all(progress)
         else:
             self.runner.warm_up(progress)
+        warm_up_sampler(self.device, self.bundle.config.vocab_size, self.dtype)
         self._seqs: dict[str, Sequence] = {}
         self.generator = torch.Generator(device=self.device)  # unseeded draws; seeded rows bring their own
         self.generator.seed()
