@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # The serving measurements of issues 15 and 21 on the GPU, in one device call (each stage has its own limit):
-#   STAGES="tests startup serve" bash scripts/gpu_serve.sh     (carry .whl_serve; .whl_xz for FA2 in the tests)
+#   STAGES="tests startup serve probe" bash scripts/gpu_serve.sh     (carry .whl_serve; .whl_xz for FA2 in the tests)
 # qwen3-0.6b-random in bf16, sdpa (the server's default), the continuous scheduler, max batch 64,
 # N requests of INPUT_LEN prompt and OUTPUT_LEN new tokens.
+#   probe    scripts/probe_steps.py: the engine alone under the same Poisson arrivals, every step timed;
 #   tests    the GPU tests of the engine (every backend; the random models: SmolLM2's GGUF is not carried);
 #   startup  Engine.startup_s and the number of decode graphs captured before the engine is ready, per backend;
 #   serve    on one server: concurrency 64 at temperature 1.0 and 0, and with 10% of the clients leaving after
 #            4 chunks; then Poisson arrivals at 80% of the request rate concurrency 64 sustained, with and
 #            without 10% leaving (the same arrival times: the leaving clients only take load away), each
 #            twice, interleaved; a server with --api-key on the concurrency-64 run (auth's cost); a server with
-#            --no-mixed-batches at the 80% rate; the offline engine on the same requests (`benchmark
+#            --no-mixed-batches at the 80% rate; a server on our Triton kernels at the 80% rate, with and
+#            without leavers; the offline engine on the same requests (`benchmark
 #            throughput`): served / offline is the cost of serving; `benchmark server-overhead` on this host.
 # Writes JSON + markdown under $OUT/serve, a summary in $OUT/serve/summary.md.
 set -uo pipefail
@@ -22,7 +24,7 @@ INPUT_LEN=${INPUT_LEN:-128}
 OUTPUT_LEN=${OUTPUT_LEN:-128}
 N=${N:-256}
 BATCH=${BATCH:-64}
-STAGES=${STAGES:-"tests startup serve"}
+STAGES=${STAGES:-"tests startup serve probe"}
 source "$(dirname "$0")/device_env.sh"
 for f in .whl_xz/*.tar.xz; do [ -e "$f" ] && mkdir -p /tmp/site && tar -xJf "$f" -C /tmp/site; done
 export PYTHONPATH=$PWD:$PYTHONPATH
@@ -112,6 +114,13 @@ if has serve; then
   for rep in a b; do OPENAI_API_KEY=serve-bench-key bench c64-t1-apikey-$rep --concurrency 64 --temperature 1.0; done
   stop_server
 
+  start_server triton --attn triton
+  for rep in a b; do
+    bench triton-rate80-$rep --concurrency "$N" --temperature 1.0 --request-rate "$RATE"
+    bench triton-rate80-d10-$rep --concurrency "$N" --temperature 1.0 --request-rate "$RATE" --disconnect-fraction 0.1
+  done
+  stop_server
+
   start_server unmixed --no-mixed-batches
   bench rate80-unmixed --concurrency "$N" --temperature 1.0 --request-rate "$RATE"
   stop_server
@@ -134,7 +143,8 @@ def run(name):
     except (OSError, KeyError, IndexError, ValueError):
         return None
 names = ["c64-t1-a", "c64-t1-b", "c64-t1-d10-a", "c64-t1-d10-b", "c64-t0", "rate80-a", "rate80-b", "rate80-d10-a",
-         "rate80-d10-b", "c64-t1-apikey-a", "c64-t1-apikey-b", "rate80-unmixed"]
+         "rate80-d10-b", "c64-t1-apikey-a", "c64-t1-apikey-b", "triton-rate80-a", "triton-rate80-b",
+         "triton-rate80-d10-a", "triton-rate80-d10-b", "rate80-unmixed"]
 print("| run | ok | failed | aborted | duration s | output tok/s | TTFT median ms | TTFT p99 ms | TPOT median ms "
       "| ITL median ms | ITL p99 ms |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -155,3 +165,10 @@ except (OSError, KeyError, TypeError, ValueError) as exc:
     print(f"offline throughput missing: {exc}")
 PY
 fi
+
+if has probe; then  # the engine alone under the same arrivals: every step's time and what it held
+  run timeout 300 python3 scripts/probe_steps.py --attn sdpa --attn triton --rate "${RATE:-46}" --num "$N" \
+    --profile-steps 2 --json "$R/probe-steps.json" > "$R/probe-steps.log" 2>&1
+  grep -E "^==|^  [a-z]|^-- profile" "$R/probe-steps.log"
+fi
+tar -czf "$OUT/results-serve.tgz" -C "$OUT" serve  # one file: a call returns only so many
