@@ -169,6 +169,9 @@ class _Noop:
     def observe(self, *args) -> None:
         pass
 
+    def observe_many(self, *args) -> None:
+        pass
+
     def labels(self, *args):
         return self
 

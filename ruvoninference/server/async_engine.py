@@ -391,25 +391,30 @@ class AsyncEngine:
         now = time.perf_counter()
         m = self.metrics
         deliveries: dict[asyncio.AbstractEventLoop, list] = {}
+        gaps: list[float] = []  # the step's inter-token gaps, binned at once (metrics.StepHistogram)
+        produced = 0
         for out in outputs:
             t = self._tracked.get(out.request_id)
             if t is None:
                 continue  # aborted while this step ran
             if out.new_token_ids:
                 n = len(out.new_token_ids)
-                m.generation_tokens.inc(n)
+                produced += n
                 if t.first_token is None:
                     t.first_token = now
                     m.ttft.observe(now - t.stream.arrival)
                     self._prefilled(t)
                 else:
-                    m.itl.observe(now - t.last_token)
+                    gaps.append(now - t.last_token)
                 t.last_token = now
                 t.tokens += n
             if out.finished:
                 self._tracked.pop(out.request_id)
                 self._observe_finished(t, out.finish_reason)
             deliveries.setdefault(t.loop, []).append((t.stream.queue, out))
+        if produced:
+            m.generation_tokens.inc(produced)
+        m.itl.observe_many(gaps)
         for loop, items in deliveries.items():
             loop.call_soon_threadsafe(_deliver, items)
         self._count_preemptions(engine)

@@ -22,6 +22,12 @@ written for vLLM's dashboard works after replacing the prefix; the histogram buc
       _num_emitted_tokens_total                with speculative decoding on, read from the engine when scraped
     ruvon:http_requests_total{route,status}    responses by route and status code
 
+The engine thread pays for what it records: `prometheus-client`'s `Histogram.observe` takes about 1.8 µs a
+value on an H200's host, 116 µs for a step of 64 rows, 2.4% of that step's 4.9 ms (`benchmark
+server-overhead`). So the two metrics that grow with every token take a step at a time: the inter-token
+gaps of a step are binned by one numpy call (`StepHistogram.observe_many`) and the step's tokens are one
+counter increment.
+
 Arrival is when the handler admitted the request (queueing counts, tokenization and HTTP parsing do not).
 Latencies of requests that ended with an abort or an engine error are not observed (they would mix
 shortened requests into the histograms); those requests are counted instead. Each server owns its own
@@ -31,8 +37,10 @@ are thread-safe, so the engine thread and the event loop both write without a lo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 
+import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -79,8 +87,9 @@ class ServerMetrics:
                                       "cache.").labels(model_name)
         self.prefix_hits = counter("prefix_cache_hits", "Prompt tokens found in the prefix cache.").labels(model_name)
         self.ttft = histogram("time_to_first_token_seconds", "From arrival to the first token.", TTFT_BUCKETS)
-        self.itl = histogram("inter_token_latency_seconds", "Gap between a request's consecutive tokens.",
-                             ITL_BUCKETS)
+        self.itl = StepHistogram("ruvon:inter_token_latency_seconds", "Gap between a request's consecutive "
+                                 "tokens.", ITL_BUCKETS, model_name)
+        r.register(self.itl)
         self.tpot = histogram("request_time_per_output_token_seconds", "A request's mean gap between tokens "
                               "after the first.", ITL_BUCKETS)
         self.e2e = histogram("e2e_request_latency_seconds", "From arrival to the last token.", E2E_BUCKETS)
@@ -107,6 +116,44 @@ class ServerMetrics:
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class StepHistogram:
+    """A Prometheus histogram filled a batch of values at a time (one engine step's inter-token gaps).
+
+    Exported exactly as `prometheus_client.Histogram` exports one: cumulative `_bucket{le}` counts, `_count`
+    and `_sum`; a value lands in the first bucket whose upper bound it does not exceed.
+    """
+
+    def __init__(self, name: str, doc: str, buckets: Sequence[float], model_name: str) -> None:
+        self.name, self.doc, self.model_name = name, doc, model_name
+        self.bounds = np.asarray(buckets, dtype=np.float64)
+        self.counts = np.zeros(len(buckets) + 1, dtype=np.int64)  # the last one is +Inf
+        self.sum = 0.0
+        self._lock = threading.Lock()  # the engine thread writes, a scrape on the event loop reads
+
+    def observe_many(self, values: Sequence[float]) -> None:
+        if not values:
+            return
+        v = np.asarray(values, dtype=np.float64)
+        binned = np.bincount(np.searchsorted(self.bounds, v, side="left"), minlength=len(self.counts))
+        with self._lock:
+            self.counts += binned
+            self.sum += float(v.sum())
+
+    def observe(self, value: float) -> None:
+        self.observe_many((value,))
+
+    def collect(self):
+        from prometheus_client.core import HistogramMetricFamily
+        from prometheus_client.utils import floatToGoString
+
+        with self._lock:
+            cumulative, total = np.cumsum(self.counts).tolist(), self.sum
+        family = HistogramMetricFamily(self.name, self.doc, labels=["model_name"])
+        les = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
+        family.add_metric([self.model_name], list(zip(les, cumulative)), total)
+        yield family
 
 
 class _SpecDecodeCollector:
