@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The serving measurements of issues 15 and 21 on the GPU, in one device call (each stage has its own limit):
 #   STAGES="tests startup serve probe" bash scripts/gpu_serve.sh     (carry .whl_serve; .whl_xz for FA2 in the tests)
+# Run it from a `git archive HEAD` export with the commit in a file COMMIT (the device's copy of .git can lag).
 # qwen3-0.6b-random in bf16, sdpa (the server's default), the continuous scheduler, max batch 64,
 # N requests of INPUT_LEN prompt and OUTPUT_LEN new tokens.
 #   probe    scripts/probe_steps.py: the engine alone under the same Poisson arrivals, every step timed;
@@ -32,7 +33,7 @@ export PYTHONPATH=$PWD:$PYTHONPATH
   python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'
   python3 -c 'import fastapi, uvicorn, pydantic; print("fastapi", fastapi.__version__, "uvicorn", uvicorn.__version__, "pydantic", pydantic.__version__)'
   python3 -c 'import flash_attn; print("flash_attn", flash_attn.__version__)'
-  git log -1 --format='commit %H' 2>/dev/null || true; } 2>&1 | tee "$R/device.txt"
+  echo "commit $(cat COMMIT 2>/dev/null || git log -1 --format=%H 2>/dev/null)"; } 2>&1 | tee "$R/device.txt"
 
 run() { echo "\$ $*" | tee -a "$R/commands.txt"; "$@"; echo "exit $?" | tee -a "$R/commands.txt"; }
 has() { case " $STAGES " in *" $1 "*) return 0;; esac; return 1; }
