@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from ruvon_cli import flash_cmd, generate_cmd, kernel_cmd, spec_cmd, throughput_cmd, serve_cmd
+from ruvon_cli import flash_cmd, generate_cmd, kernel_cmd, overhead_cmd, serve_cmd, spec_cmd, throughput_cmd
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -33,7 +33,7 @@ kernel_app.command("paged")(kernel_cmd.kernel_paged)
 app.command("serve")(serve_cmd.serve)
 benchmark_app.command("serve")(serve_cmd.benchmark_serve)
 benchmark_app.command("speculative")(spec_cmd.speculative)
-benchmark_app.command("server-overhead")(__import__("ruvon_cli.overhead_cmd").overhead_cmd.server_overhead)
+benchmark_app.command("server-overhead")(overhead_cmd.server_overhead)
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ CLI_RUNS = {
                                            "--detailed", "--baseline", "hf"],
     "flash --show-memory": ["flash", "--text", "test", *TINY, "--max-length", "2", "--repeats", "1", "--show-memory",
                             "--length", "16", "--length", "32"],
+    "benchmark server-overhead": ["benchmark", "server-overhead", "--repeats", "3", "--warmup", "1", "--inner", "50"],
     # The GPU-only kernel commands, on the committed H200 results (--render: no GPU needed to show them).
     "kernel benchmark --render": ["kernel", "benchmark", "--render", str(BENCH / "h200-kernel/kernel.json")],
     "kernel benchmark --render --detailed": ["kernel", "benchmark", "--render", str(BENCH / "h200-kernel/kernel.json"),
