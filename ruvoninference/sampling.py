@@ -4,7 +4,7 @@ Every sequence in a batch carries its own `SamplingParams`, so a server can batc
 creative one. Turning a batch of logits into tokens is `engine/sampler.py`'s job; this module only says
 what may be asked for and refuses, in one sentence, what cannot be honoured. The fields follow OpenAI's
 API (temperature, top_p, presence/frequency penalties, logit_bias, seed, max_tokens, stop, logprobs) and
-vLLM's additions (top_k, repetition_penalty, min_tokens, ignore_eos), with their ranges.
+vLLM's additions (top_k, repetition_penalty, min_tokens, ignore_eos, prompt_logprobs), with their ranges.
 """
 
 from __future__ import annotations
@@ -43,6 +43,9 @@ class SamplingParams:
     repetition_penalty: float = 1.0  # vLLM/CTRL: divide positive (multiply negative) logits of seen tokens
     min_tokens: int = 0  # vLLM: EOS cannot be drawn before this many new tokens
     logit_bias: dict[int, float] = field(default_factory=dict)  # OpenAI: token id -> added to its logit
+    # vLLM: None: none; k: each prompt token's logprob given the tokens before it, and the k most likely
+    # (the first token has none). With it, max_tokens may be 0: score the prompt, generate nothing.
+    prompt_logprobs: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -58,10 +61,15 @@ class SamplingParams:
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
                                       or not 0 <= self.seed <= MAX_SEED):
             raise RuvonError(f"The seed must be an integer from 0 to 2**64 - 1, not {self.seed!r}.")
-        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            raise RuvonError(f"The number of tokens to generate must be at least 1, not {self.max_tokens!r}.")
-        if self.logprobs is not None and not (0 <= self.logprobs <= MAX_LOGPROBS):
-            raise RuvonError(f"logprobs must be between 0 and {MAX_LOGPROBS}, not {self.logprobs}.")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or not 0 <= value <= MAX_LOGPROBS):
+                raise RuvonError(f"{name} must be between 0 and {MAX_LOGPROBS}, not {value!r}.")
+        least = 0 if self.prompt_logprobs is not None else 1  # 0: only the prompt's logprobs are wanted
+        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < least:
+            raise RuvonError(f"The number of tokens to generate must be at least 1 (0 only with "
+                             f"prompt_logprobs), not {self.max_tokens!r}.")
         _check_number("presence_penalty", self.presence_penalty, -2.0, 2.0, "between -2 and 2")
         _check_number("frequency_penalty", self.frequency_penalty, -2.0, 2.0, "between -2 and 2")
         _check_number("repetition_penalty", self.repetition_penalty, 1e-2, 1e2,

@@ -11,6 +11,7 @@ its tokens chained with the hash of the block before it, so the hash names the w
 block. A new sequence whose first blocks hash the same reuses them (reference-counted) instead of
 recomputing them. A freed block keeps its hash until it is handed out again, so a prompt repeated after the
 first request finished still hits; free blocks are reused least-recently-freed first to keep them longer.
+A sequence that asks for prompt log-probabilities computes every prompt position, so it takes no hit.
 """
 
 from __future__ import annotations
@@ -55,9 +56,11 @@ class BlockManager:
     def _cached_prefix(self, seq: Sequence) -> list[int]:
         """Block ids holding this sequence's longest cached prefix of full blocks.
 
-        At least one token is left to compute, since the step that computes it produces the next token.
+        At least one token is left to compute, since the step that computes it produces the next token. A
+        sequence that still wants prompt log-probabilities takes no hit: the positions a hit skips would have
+        no logits (its own blocks are still registered for others as they fill).
         """
-        if not self.enable_prefix_caching:
+        if not self.enable_prefix_caching or seq.needs_prompt_logprobs:
             return []
         hits, prefix_hash = [], None
         for i in range((seq.num_tokens - 1) // self.block_size):

@@ -9,6 +9,13 @@ and decodes, mixed), the model runner turns them into tensors and logits, the sa
 every row at once, and each sequence appends its token, checks its stop rules and, when finished, leaves
 the batch and gives its blocks back. One host sync per step: reading the drawn tokens. `generate()` is the
 offline loop on top: add every prompt, step until all are done.
+
+Prompt log-probabilities (`SamplingParams.prompt_logprobs`, what `echo` with `logprobs` scores) are computed
+inside the steps: the prefill chunks of such a request also produce logits rows for its prompt positions
+(at most `scheduler.PROMPT_LOGPROB_ROWS` a step), the sampler's log-softmax turns them into `TokenLogprob`s,
+they gather on the sequence and come out whole in its first `StepOutput` (and its `RequestOutput`). With
+`max_tokens=0` the request runs as a one-token request whose drawn token is dropped: it ends after its
+prefill with `finish_reason` "length" and no tokens.
 """
 
 from __future__ import annotations
@@ -26,15 +33,15 @@ from ruvoninference.engine.block_manager import BlockManager
 from ruvoninference.engine.detokenizer import IncrementalDetokenizer
 from ruvoninference.engine.kv_cache import allocate_kv_cache, bytes_per_block
 from ruvoninference.engine.model_runner import ModelRunner
-from ruvoninference.engine.overlap import HostCopy, InFlight, patch_inputs
-from ruvoninference.engine.scheduler import ScheduledBatch, Scheduler
+from ruvoninference.engine.overlap import HostCopy, InFlight, PromptScores, patch_inputs
+from ruvoninference.engine.scheduler import PROMPT_LOGPROB_ROWS, PromptChunk, ScheduledBatch, Scheduler
 from ruvoninference.engine.sequence import Sequence, new_request_id
 from ruvoninference.engine.speculative import check_speculative, make_speculator
 from ruvoninference.errors import RuvonError
 from ruvoninference.models import ModelBundle, load_model
-from ruvoninference.engine.sampler import SamplerOutput, SamplingTensors, sample
+from ruvoninference.engine.sampler import SamplerOutput, SamplingTensors, prompt_logprobs, sample
 from ruvoninference.engine.sampler import warm_up as warm_up_sampler
-from ruvoninference.sampling import SamplingParams, TokenLogprob
+from ruvoninference.sampling import MAX_LOGPROBS, SamplingParams, TokenLogprob
 from ruvoninference.weights import ProgressCallback
 
 CPU_KV_CACHE_BYTES = 1 << 30  # the CPU default: a laptop's memory is shared with everything else
@@ -49,11 +56,14 @@ class StepOutput:
     finished: bool
     finish_reason: str | None
     new_logprobs: list[TokenLogprob] = field(default_factory=list)
+    # In a request's first output only, when it asked for them: one entry per prompt token (None for the first)
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
     def extend(self, later: StepOutput) -> StepOutput:
         """This step's output followed by a later token's (speculative decoding emits several a step)."""
         return StepOutput(self.request_id, self.new_token_ids + later.new_token_ids, self.new_text + later.new_text,
-                          later.finished, later.finish_reason, self.new_logprobs + later.new_logprobs)
+                          later.finished, later.finish_reason, self.new_logprobs + later.new_logprobs,
+                          self.prompt_logprobs)
 
 
 class RequestsFailed(Exception):
@@ -77,6 +87,7 @@ class RequestOutput:
     arrival_time: float
     first_token_time: float | None
     finish_time: float | None
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # asked for: one entry per prompt token
 
     @property
     def time_to_first_token_s(self) -> float | None:
@@ -204,10 +215,16 @@ class Engine:
             seq = Sequence(f"profile-{i}", [0] * seq_len, SamplingParams(), frozenset())
             seq.block_table = list(range(i * per_seq, (i + 1) * per_seq))
             seqs.append(seq)
+        # The step also scores as many prompt positions as one step may (their logits and log-softmax).
+        scored = min(PROMPT_LOGPROB_ROWS, seq_len - 1)
         torch.cuda.synchronize(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
         before = torch.cuda.memory_allocated(self.device)
-        runner.run(ScheduledBatch(seqs, [seq_len] * n_seqs, n_seqs))
+        logits, _ = runner.run(ScheduledBatch(seqs, [seq_len] * n_seqs, n_seqs,
+                                              [PromptChunk(seqs[0], 0, scored)] if scored > 0 else []))
+        if scored > 0:
+            prompt_logprobs(logits[:scored], torch.zeros(scored, dtype=torch.long, device=self.device), MAX_LOGPROBS)
+        del logits
         torch.cuda.synchronize(self.device)
         activations = torch.cuda.max_memory_allocated(self.device) - before
         del runner, scratch
@@ -233,6 +250,9 @@ class Engine:
     def check_request(self, prompt_ids: list[int], sampling: SamplingParams) -> None:
         """Raise a one-sentence RuvonError for a request that could never run."""
         sampling.check_vocabulary(self.bundle.config.vocab_size)
+        if sampling.prompt_logprobs is not None and self.speculator is not None:
+            raise RuvonError("Prompt log-probabilities are not computed with speculative decoding; leave "
+                             "prompt_logprobs out or use an engine without --speculative.")
         total = len(prompt_ids) + sampling.max_tokens
         if total > self.context_length:
             raise RuvonError(
@@ -308,13 +328,20 @@ class Engine:
             return []
         logits, producing = self.runner.run(batch)
         self._advance(batch)
+        scores = None
+        if batch.prompt_rows:  # the first rows score prompt positions
+            scores, logits = self._score(batch, logits)
         if not producing:
+            if scores is not None:
+                self._land_scores(scores)
             return []
         seqs = [batch.seqs[i] for i in producing]
         positions = spec.positions(seqs) if spec is not None else None
         tensors = SamplingTensors.from_sequences(seqs, self.device, logits.shape[1], positions,
                                                  pin=self.device.type == "cuda")
         sampled = sample(logits, tensors, self.generator)
+        if scores is not None:  # (never with speculation: check_request refuses it)
+            self._land_scores(scores)
         if spec is None:
             return self._postprocess(seqs, sampled)
         seqs, sampled = spec.accept(seqs, logits, tensors, sampled)  # each sequence's accepted rows
@@ -337,17 +364,26 @@ class Engine:
                              flight)
             logits = self.runner.execute(inputs)
             self._advance(batch)
+            scores = None
+            if batch.prompt_rows:  # the first rows score prompt positions
+                scores, logits = self._score(batch, logits)
             if inputs.producing:
                 seqs = [batch.seqs[i] for i in inputs.producing]
                 tensors = SamplingTensors.from_sequences(seqs, self.device, logits.shape[1],
                                                          pin=self.device.type == "cuda")
-                launched = InFlight.launch(seqs, sample(logits, tensors, self.generator))
+                launched = InFlight.launch(seqs, sample(logits, tensors, self.generator), scores)
+            elif scores is not None:
+                launched = InFlight.launch([], None, scores)
         self._in_flight = launched
         if flight is not None:
             outputs = self._land(flight)  # the GPU runs the step just launched meanwhile
         return outputs
 
     def _land(self, flight: InFlight) -> list[StepOutput]:
+        if flight.prompt is not None:
+            self._land_scores(flight.prompt)
+        if not flight.seqs:
+            return []
         outputs = self._postprocess(flight.seqs, flight.copy, flight.indices)
         for seq in flight.seqs:
             if not seq.finished and seq.num_computed_tokens // self.block_size > seq.num_hashed_blocks:
@@ -363,6 +399,31 @@ class Engine:
             if seq.num_computed_tokens // block_size > seq.num_hashed_blocks:  # a block became full
                 self.block_manager.commit_full_blocks(seq)
         self.num_prefill_tokens += sum(batch.num_new_tokens[:batch.num_prefill])
+        for seq, first, count in batch.prompt_rows:
+            seq.prompt_logprob_next = first + count
+
+    def _score(self, batch: ScheduledBatch, logits: torch.Tensor) -> tuple[PromptScores, torch.Tensor]:
+        """Turn the step's first rows (prompt positions) into log-probabilities and start their copy to the
+        host; return them and the rows left, the ones that sample."""
+        chunks = batch.prompt_rows
+        next_ids = [t for seq, first, count in chunks for t in seq.prompt_token_ids[first + 1:first + 1 + count]]
+        ids = torch.tensor(next_ids, dtype=torch.long, pin_memory=self.device.type == "cuda")
+        num_top = max(seq.sampling.prompt_logprobs for seq, _, _ in chunks)
+        scored = prompt_logprobs(logits[:len(next_ids)], ids.to(self.device, non_blocking=True), num_top)
+        return PromptScores(chunks, HostCopy.start(scored)), logits[len(next_ids):]
+
+    @staticmethod
+    def _land_scores(scores: PromptScores) -> None:
+        """Append each scored prompt position's TokenLogprob to its sequence (in position order: chunks land in
+        the order they ran, and a position is scheduled once)."""
+        tokens, logprobs, top_ids, top_lps = scores.copy.finish()
+        row = 0
+        for seq, _, count in scores.chunks:
+            if not seq.finished:  # (aborted since)
+                k = seq.sampling.prompt_logprobs
+                seq.prompt_logprobs += [TokenLogprob(tokens[r], logprobs[r], list(zip(top_ids[r][:k], top_lps[r][:k])))
+                                        for r in range(row, row + count)]
+            row += count
 
     def _postprocess(self, seqs: list[Sequence], sampled: SamplerOutput | HostCopy,
                      pending_at: list[int] | None = None) -> list[StepOutput]:
@@ -376,11 +437,15 @@ class Engine:
         for row, seq in enumerate(seqs):
             if seq.finished:
                 continue  # speculative decoding: a token after the one that finished the sequence
+            if not seq.sampling.max_tokens:  # the prompt's log-probabilities were all it asked for
+                outputs.append(self._scored_only(seq, None if pending_at is None else pending_at[row], now))
+                continue
             lp = None
             if row in logprobs:
                 n = seq.sampling.logprobs
                 lp = TokenLogprob(tokens[row], logprobs[row], list(zip(top_ids[row][:n], top_lps[row][:n])))
-            if seq.first_token_time is None:
+            first = seq.first_token_time is None
+            if first:
                 seq.first_token_time = now
             try:
                 if pending_at is None:
@@ -394,13 +459,23 @@ class Engine:
                 self.abort(seq.request_id)
                 continue
             out = StepOutput(seq.request_id, [tokens[row]], delta, seq.finished, seq.finish_reason,
-                             [lp] if lp is not None else [])
+                             [lp] if lp is not None else [], seq.prompt_logprobs if first else None)
             if outputs and outputs[-1].request_id == seq.request_id:  # several tokens in one step (speculation)
                 out = outputs.pop().extend(out)
             outputs.append(out)
         if failed:
             raise RequestsFailed([rid for rid, _ in failed], outputs) from failed[0][1]
         return outputs
+
+    def _scored_only(self, seq: Sequence, pending_at: int | None, now: float) -> StepOutput:
+        """max_tokens=0: the token drawn after the prompt is dropped (a pending one taken back) and the request
+        ends with its prompt's log-probabilities, which the steps of its prefill have all landed by now."""
+        if pending_at is not None:
+            del seq.token_ids[pending_at:]
+            seq.num_pending = 0
+        seq.finish_reason = "length"
+        self._finish(seq, now)
+        return StepOutput(seq.request_id, [], "", True, "length", [], seq.prompt_logprobs)
 
     def _finish(self, seq: Sequence, now: float) -> None:
         if self.speculator is not None:
@@ -459,4 +534,5 @@ def _request_output(seq: Sequence) -> RequestOutput:
         arrival_time=seq.arrival_time,
         first_token_time=seq.first_token_time,
         finish_time=seq.finish_time,
+        prompt_logprobs=seq.prompt_logprobs,
     )

@@ -7,7 +7,10 @@ Two halves, so that tensor-parallel workers can run the second without the first
 
 A step lists its prefill chunks first and its decodes after them (see `scheduler`); the attention sends
 each part to the kernel made for it. Logits are computed only for the rows that sample: a prefill chunk's
-last token when it completes its sequence's tokens, and every decode.
+last token when it completes its sequence's tokens, and every decode; and, when a chunk's sequence asked for
+prompt log-probabilities, the prompt positions listed in `batch.prompt_rows`, whose rows come first (the
+logits are `[prompt rows + sampled rows, V]`; `logits_rows` lists both, so tensor-parallel workers compute
+the same rows with nothing more to know).
 
 Steps with a prefill run eagerly: their shapes (how many tokens, how many sequences) change every step.
 Decode-only steps have one shape per batch size, so on CUDA each batch-size bucket (1, 2, 4, 8, 16, 32, ...
@@ -147,6 +150,9 @@ class ModelRunner:
         num_prefill_tokens = len(input_ids) - len(decodes)
         meta = AttentionMetadata(self._tensor(slots, torch.long), num_prefill_tokens, prefill, decode)
         all_rows = len(rows) == len(input_ids)
+        if batch.prompt_rows:
+            rows = self._prompt_rows(batch) + rows
+            all_rows = False  # prompt rows first: not the tokens' order
         return StepInputs(self._tensor(input_ids, torch.long), self._tensor(positions, torch.long), meta,
                           None if all_rows else self._tensor(rows, torch.long), None, len(rows), producing)
 
@@ -178,6 +184,15 @@ class ModelRunner:
             query_lens=query_lens,
             context_lens=context_lens,
         )
+
+    @staticmethod
+    def _prompt_rows(batch: ScheduledBatch) -> list[int]:
+        """The token rows of `batch.prompt_rows`' positions, in that order."""
+        offset, start = {}, 0  # id(seq) -> the row of position p is p + offset
+        for seq, n in zip(batch.seqs[:batch.num_prefill], batch.num_new_tokens):
+            offset[id(seq)] = start - seq.num_computed_tokens
+            start += n
+        return [p + offset[id(c.seq)] for c in batch.prompt_rows for p in range(c.first, c.first + c.count)]
 
     def _decode_inputs(self, seqs):
         bs = self.block_size
@@ -246,7 +261,8 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, inputs: StepInputs) -> torch.Tensor | None:
-        """Logits [N, V] for the rows that sample (None when none does: a chunk that finishes no prompt)."""
+        """Logits [N, V] for the rows in `logits_rows` (prompt-logprob rows, then the rows that sample); None
+        when there are none (a chunk that finishes no prompt and scores none)."""
         if inputs.num_rows == 0:
             # The chunk still runs: it fills the cache, it just samples nothing.
             self._forward(inputs.input_ids, inputs.positions, inputs.meta, inputs.input_ids[:0])

@@ -19,6 +19,10 @@ What it costs: a sequence that stops at step N (EOS, a stop string) has already 
 N+1; that token is computed and dropped (a length limit is known in advance and never overshoots). Outputs
 arrive one step later than they were computed. Sampling that reads the generated tokens' values (frequency,
 presence and repetition penalties) waits for them, so a step holding such a request runs plain.
+
+Prompt log-probabilities travel the same way: a step that computes some (`PromptScores`, copied to the host
+as soon as they are computed) carries them in its `InFlight`, even when it draws no token, and they land
+before that step's tokens, so a request's first output already holds its whole prompt's.
 """
 
 from __future__ import annotations
@@ -77,20 +81,31 @@ class HostCopy:
 
 
 @dataclass
-class InFlight:
-    """A launched step whose tokens the host has not read yet."""
+class PromptScores:
+    """One step's prompt log-probabilities on their way to the host, row by row in `chunks`' order."""
 
-    seqs: list[Sequence]  # the sequences that drew a token, in row order
-    indices: list[int]  # where each one's pending token sits in its token_ids
-    tokens: torch.Tensor  # [N] on the device: the next step's input ids are copied from here
+    chunks: list  # the batch's `PromptChunk`s (scheduler.py)
     copy: HostCopy
+
+
+@dataclass
+class InFlight:
+    """A launched step whose tokens (and prompt log-probabilities) the host has not read yet."""
+
+    seqs: list[Sequence]  # the sequences that drew a token, in row order (maybe none)
+    indices: list[int]  # where each one's pending token sits in its token_ids
+    tokens: torch.Tensor | None  # [N] on the device: the next step's input ids are copied from here
+    copy: HostCopy | None  # None when the step drew no token
     needs_values: bool  # some sequence's sampling reads its generated tokens (penalties): land before the next
+    prompt: PromptScores | None = None
 
     @staticmethod
-    def launch(seqs: list[Sequence], sampled: SamplerOutput) -> InFlight:
+    def launch(seqs: list[Sequence], sampled: SamplerOutput | None, prompt: PromptScores | None = None) -> InFlight:
+        if sampled is None:  # a step that only scored prompts
+            return InFlight([], [], None, None, False, prompt)
         copy = HostCopy.start(sampled)
         indices = [seq.append_pending() for seq in seqs]
-        return InFlight(seqs, indices, sampled.tokens, copy, any(s.sampling.has_penalties for s in seqs))
+        return InFlight(seqs, indices, sampled.tokens, copy, any(s.sampling.has_penalties for s in seqs), prompt)
 
 
 def patch_inputs(input_ids: torch.Tensor, decodes: list[Sequence], decode_offset: int, flight: InFlight) -> None:

@@ -22,8 +22,9 @@ counter-based hash of (seed, position of the token being drawn, vocabulary id), 
 stream, so a seeded request gives the same tokens alone, in any batch, at any batch size, with or without
 CUDA graphs, on every run. Unseeded rows draw from the engine's generator in one `exponential_` call.
 
-**Log-probabilities** are the model's own: log-softmax of the raw logits, whatever the filters did, as
-OpenAI and vLLM report them; they are computed only for the rows that ask.
+**Log-probabilities** are the model's own: log-softmax of the raw logits in float32, whatever the filters
+did, as OpenAI and vLLM report them; they are computed only for the rows that ask. A prompt's own tokens get
+theirs the same way (`prompt_logprobs`: the logits of position p against token p + 1).
 
 Shapes: N = rows sampled this step, V = vocabulary.
 """
@@ -302,9 +303,23 @@ def _with_logprobs(raw: torch.Tensor, tokens: torch.Tensor, t: SamplingTensors) 
     if not t.logprob_rows:
         return SamplerOutput(tokens, None, None, None, [])
     rows = torch.tensor(t.logprob_rows, device=raw.device)
-    logprobs = raw[rows].log_softmax(dim=-1)  # the model's own distribution, before any filter
-    chosen = logprobs.gather(1, tokens[rows][:, None])[:, 0]
-    if t.num_top_logprobs == 0:
-        return SamplerOutput(tokens, chosen, None, None, t.logprob_rows)
-    top = logprobs.topk(t.num_top_logprobs, dim=-1)  # sorted, most likely first
-    return SamplerOutput(tokens, chosen, top.indices, top.values, t.logprob_rows)
+    return _logprobs(raw[rows], tokens, tokens[rows], t.num_top_logprobs, t.logprob_rows)
+
+
+def _logprobs(raw: torch.Tensor, tokens: torch.Tensor, chosen_ids: torch.Tensor, num_top: int,
+              rows: list[int]) -> SamplerOutput:
+    """raw [L, V] float32 logits of the rows `rows`; chosen_ids [L]: each row's token -> its logprob and the
+    num_top most likely (with `tokens` [N], the step's draws)."""
+    logprobs = raw.log_softmax(dim=-1)  # the model's own distribution, before any filter
+    chosen = logprobs.gather(1, chosen_ids[:, None])[:, 0]
+    if num_top == 0:
+        return SamplerOutput(tokens, chosen, None, None, rows)
+    top = logprobs.topk(num_top, dim=-1)  # sorted, most likely first
+    return SamplerOutput(tokens, chosen, top.indices, top.values, rows)
+
+
+def prompt_logprobs(logits: torch.Tensor, next_ids: torch.Tensor, num_top: int) -> SamplerOutput:
+    """logits [P, V] of prompt positions (any float dtype), next_ids [P] the prompt token after each: every
+    row's logprob of its next token and its num_top most likely, in the sampler's output shape (`tokens` are
+    the next tokens, every row reports)."""
+    return _logprobs(logits.float(), next_ids, next_ids, num_top, list(range(logits.shape[0])))

@@ -25,18 +25,37 @@ Sequences leave `running` the step they finish. The policy decides when newcomer
 
 The batch lists the prefill chunks first and the decodes after them (`num_prefill` tells where they
 split), so the model runner sends each part to the attention kernel made for it.
+
+**Prompt log-probabilities** (`SamplingParams.prompt_logprobs`): such a sequence's prefill chunks also
+compute a logits row for every prompt position they cover (the row of position p scores token p + 1), listed
+in `ScheduledBatch.prompt_rows`. Those rows are `[rows, V]` logits plus a float32 log-softmax of them: with an
+8192-token budget and a 152k vocabulary, one step's worth would be gigabytes. So one step computes at most
+`PROMPT_LOGPROB_ROWS` of them, all sequences together, and a chunk that wants more is cut shorter (a long
+prompt is scored over several steps, the way chunked prefill already spreads it).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ruvoninference.engine.block_manager import BlockManager
 from ruvoninference.engine.sequence import Sequence, SequenceStatus
 from ruvoninference.errors import RuvonError
 
 POLICIES = ("continuous", "static", "sequential")
+# Prompt-logprob rows one step computes at most: 512 x 152k logits in float32 is 300 MiB (and the log-softmax
+# as much again); a whole 8192-token budget of them would be 5 GiB, beyond what the cache sizing left free.
+PROMPT_LOGPROB_ROWS = 512
+
+
+class PromptChunk(NamedTuple):
+    """The prompt-logprob rows of one prefill chunk: positions first .. first + count - 1."""
+
+    seq: Sequence
+    first: int
+    count: int
 
 
 @dataclass
@@ -44,6 +63,13 @@ class ScheduledBatch:
     seqs: list[Sequence]  # prefill chunks first, then decodes
     num_new_tokens: list[int]  # tokens each sequence computes this step (1 for each decode)
     num_prefill: int  # seqs[:num_prefill] are prefill chunks (or several tokens to verify)
+    # Rows whose logits give prompt log-probabilities, in this order before the sampled rows; empty (the
+    # common case) when no chunk of the step asked for them.
+    prompt_rows: list[PromptChunk] = field(default_factory=list)
+
+    @property
+    def num_prompt_rows(self) -> int:
+        return sum(c.count for c in self.prompt_rows)
 
     @property
     def num_tokens(self) -> int:
@@ -93,9 +119,9 @@ class Scheduler:
         decodes = self._schedule_decodes() if self.mixed else []
         verify, decodes = _split_speculative(decodes)
         budget = self.max_num_batched_tokens - len(decodes) - sum(1 + len(s.spec_token_ids) for s in verify)
-        seqs, counts = self._schedule_prefills(budget)
+        seqs, counts, prompt_rows = self._schedule_prefills(budget)
         if seqs or decodes or verify:
-            return _batch(verify, seqs, counts, decodes)
+            return _batch(verify, seqs, counts, decodes, prompt_rows)
         if self.mixed or not self.running:
             return None
         self._forming = False
@@ -135,14 +161,19 @@ class Scheduler:
             self._forming = False
         return decodes
 
-    def _schedule_prefills(self, budget: int) -> tuple[list[Sequence], list[int]]:
-        seqs, counts = [], []
+    def _schedule_prefills(self, budget: int) -> tuple[list[Sequence], list[int], list[PromptChunk]]:
+        seqs, counts, prompt_rows = [], [], []
+        rows_left = PROMPT_LOGPROB_ROWS
         # 1. Running sequences whose prefill is unfinished continue it first.
         for seq in self.running:
             if budget <= 0:
                 break
             if self._prefilling(seq):
                 n = min(seq.num_uncomputed_tokens, budget)
+                if seq.needs_prompt_logprobs:
+                    n, rows_left = _prompt_chunk(seq, n, rows_left, prompt_rows)
+                    if not n:
+                        continue
                 seqs.append(seq), counts.append(n)
                 budget -= n
         # 2. Newcomers, in arrival order, while the budget, the batch size and the cache allow.
@@ -153,14 +184,18 @@ class Scheduler:
                 seq = self.waiting[0]
                 if seq.num_pending or not self.block_manager.can_allocate(seq):
                     break  # (a preempted sequence whose last token's value is still on the device waits for it)
+                if seq.needs_prompt_logprobs and not rows_left:
+                    break  # this step's prompt-logprob rows are spent: it starts next step, still in order
                 self.waiting.popleft()
                 self.block_manager.allocate(seq)
                 seq.status = SequenceStatus.RUNNING
                 self.running.append(seq)
                 n = min(seq.num_uncomputed_tokens, budget)
+                if seq.needs_prompt_logprobs:
+                    n, rows_left = _prompt_chunk(seq, n, rows_left, prompt_rows)
                 seqs.append(seq), counts.append(n)
                 budget -= n
-        return seqs, counts
+        return seqs, counts, prompt_rows
 
     def preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
@@ -187,6 +222,18 @@ def _split_speculative(decodes: list[Sequence]) -> tuple[list[Sequence], list[Se
     return [s for s in decodes if s.spec_token_ids], [s for s in decodes if not s.spec_token_ids]
 
 
-def _batch(verify, seqs, counts, decodes) -> ScheduledBatch:
+def _prompt_chunk(seq: Sequence, n: int, rows_left: int, prompt_rows: list[PromptChunk]) -> tuple[int, int]:
+    """Cut a chunk of n tokens of a sequence that wants prompt logprobs so its rows fit in `rows_left`; note
+    its rows. Returns the chunk's tokens (maybe 0: none fit this step) and the rows left."""
+    start = seq.num_computed_tokens
+    first = max(start, seq.prompt_logprob_next)  # after a preemption, the rows already computed are not again
+    n = min(n, first + rows_left - start)
+    count = max(0, min(start + n, seq.num_prompt_tokens - 1) - first)
+    if count:
+        prompt_rows.append(PromptChunk(seq, first, count))
+    return n, rows_left - count
+
+
+def _batch(verify, seqs, counts, decodes, prompt_rows: list[PromptChunk] | None = None) -> ScheduledBatch:
     return ScheduledBatch(verify + seqs + decodes, [1 + len(s.spec_token_ids) for s in verify] + counts
-                          + [1] * len(decodes), len(verify) + len(seqs))
+                          + [1] * len(decodes), len(verify) + len(seqs), prompt_rows or [])

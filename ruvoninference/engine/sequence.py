@@ -8,6 +8,11 @@ Every step processes the tokens `[num_computed_tokens, num_tokens)` of the seque
 processes the prompt (maybe in chunks, maybe after a prefix-cache hit); a decode processes the one token
 sampled last. After a preemption `num_computed_tokens` falls back to 0 and the next prefill recomputes
 prompt and generated tokens alike, so nothing a user was sent is lost.
+
+Prompt log-probabilities (`SamplingParams.prompt_logprobs`): `prompt_logprobs` starts as `[None]` (the first
+token has no context) and grows by one `TokenLogprob` per prompt position as the prefill chunks that compute
+them land; `prompt_logprob_next` is the next prompt position whose logits row is still to be *scheduled*, so
+a recomputation after a preemption (or a chunk still in flight) never computes or appends a row twice.
 """
 
 from __future__ import annotations
@@ -58,10 +63,20 @@ class Sequence:
     # Speculative decoding: guessed next tokens this step verifies (engine/speculative.py); never in token_ids.
     spec_token_ids: list[int] = field(default_factory=list)
     num_pending: int = 0  # pending tokens at the end of token_ids whose values are still on the device
+    # Prompt logprobs: None when not asked for; else entry i is token i's (None for the first).
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    prompt_logprob_next: int = 0  # the row of position p scores token p + 1: the next p to schedule
 
     def __post_init__(self) -> None:
         if not self.token_ids:
             self.token_ids = list(self.prompt_token_ids)
+        if self.sampling.prompt_logprobs is not None and self.prompt_logprobs is None:
+            self.prompt_logprobs = [None]
+
+    @property
+    def needs_prompt_logprobs(self) -> bool:
+        """Prompt positions whose logits rows are still to be computed (no prefix-cache hit may skip them)."""
+        return self.prompt_logprobs is not None and self.prompt_logprob_next < len(self.prompt_token_ids) - 1
 
     @property
     def num_tokens(self) -> int:
