@@ -42,6 +42,8 @@ def main() -> None:
     p.add_argument("--no-mixed", action="store_true")
     p.add_argument("--json", default=None)
     p.add_argument("--profile-steps", type=int, default=0, help="cProfile the first N timed steps")
+    p.add_argument("--trace-mixed", type=int, default=0,
+                   help="torch.profiler over the first N steps that carry a prefill and decodes: the top operators")
     args = p.parse_args()
     device = torch.device("cuda")
     bundle = load_model(args.model, device, torch.bfloat16)
@@ -79,7 +81,7 @@ def probe(bundle, attn: str, mixed: bool, args) -> dict:
     engine.runner.prepare = recording_prepare
     torch.cuda.synchronize()
     stats0 = torch.cuda.memory_stats()
-    steps, i, start = [], 0, time.perf_counter()
+    steps, i, start, traced = [], 0, time.perf_counter(), 0
     first: dict[str, float] = {}
     last: dict[str, float] = {}
     gaps: list[float] = []
@@ -94,6 +96,17 @@ def probe(bundle, attn: str, mixed: bool, args) -> dict:
         before = len(seen)
         retries0 = torch.cuda.memory_stats().get("num_alloc_retries", 0)
         profiler = cProfile.Profile() if len(steps) < args.profile_steps else None
+        if traced < args.trace_mixed and engine.scheduler.waiting and engine.scheduler.running:
+            traced += 1
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                    torch.profiler.ProfilerActivity.CUDA]) as trace:
+                engine.step()
+                torch.cuda.synchronize()
+            last_seen = seen[-1] if seen else {}
+            print(f"-- torch.profiler of a step holding {last_seen}:")
+            for key in ("self_cpu_time_total", "self_device_time_total"):
+                print(trace.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=60))
+            continue
         t0 = time.perf_counter()
         if profiler:
             profiler.enable()
