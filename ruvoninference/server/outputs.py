@@ -13,9 +13,6 @@ from ruvoninference.server.protocol import (
     Usage,
 )
 
-# A prompt token's entry from `scoring.prompt_logprobs`: None for the first, else (logprob, [(id, logprob)]).
-PromptEntry = tuple[float, list[tuple[int, float]]] | None
-
 
 @dataclass
 class Choice:
@@ -29,6 +26,7 @@ class Choice:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[Any] = field(default_factory=list)  # the engine's TokenLogprob per token
     finish_reason: str | None = None
+    prompt_logprobs: list[Any] | None = None  # echo with logprobs: the engine's entry per prompt token
 
 
 def _piece(tokenizer, token_id: int) -> str:
@@ -36,11 +34,12 @@ def _piece(tokenizer, token_id: int) -> str:
 
 
 def completion_logprobs(tokenizer, new: list, start_offset: int, prompt_ids: list[int] | None = None,
-                        prompt_entries: list[PromptEntry] | None = None) -> CompletionLogprobs:
+                        prompt_entries: list | None = None) -> CompletionLogprobs:
     """OpenAI's completions logprobs for `new` tokens whose text starts at `start_offset` in the choice's text.
 
     With `prompt_ids` (echo), the prompt's tokens come first, with their log-probabilities given the tokens
-    before them (`prompt_entries`; the first token's is null, it has no context).
+    before them (`prompt_entries`, the engine's prompt logprobs: a TokenLogprob per token, None for the first,
+    which has no context).
     """
     result = CompletionLogprobs()
     offset = start_offset
@@ -56,7 +55,7 @@ def completion_logprobs(tokenizer, new: list, start_offset: int, prompt_ids: lis
 
     for i, token_id in enumerate(prompt_ids or ()):
         entry = prompt_entries[i] if prompt_entries else None
-        add(token_id, None if entry is None else entry[0], None if entry is None else entry[1])
+        add(token_id, None if entry is None else entry.logprob, None if entry is None else entry.top)
     for lp in new:
         add(lp.token_id, lp.logprob, lp.top)
     return result

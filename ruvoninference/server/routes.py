@@ -54,7 +54,6 @@ from ruvoninference.server.protocol import (
     new_id,
     now,
 )
-from ruvoninference.server.scoring import prompt_logprobs
 
 
 @dataclass
@@ -184,7 +183,7 @@ def _sampling_fields() -> frozenset[str]:
 
 
 def sampling_params(req, engine: AsyncEngine, ids: list[int], index: int, logprobs: int | None,
-                    max_tokens: int | None):
+                    max_tokens: int | None, prompt_logprobs: int | None = None):
     from ruvoninference.sampling import SamplingParams
 
     extra = req.penalties()
@@ -201,7 +200,8 @@ def sampling_params(req, engine: AsyncEngine, ids: list[int], index: int, logpro
     try:
         return SamplingParams(temperature=req.safe_temperature, top_k=max(req.top_k, 0), top_p=req.safe_top_p,
                               seed=req.seed_for(index), max_tokens=limit, stop=req.stop_strings,
-                              ignore_eos=req.ignore_eos, logprobs=logprobs, **extra)
+                              ignore_eos=req.ignore_eos, logprobs=logprobs, prompt_logprobs=prompt_logprobs,
+                              **extra)
     except RuvonError as exc:  # a combination the fields alone could not judge (min_tokens > max_tokens)
         param = next((f for f in ("min_tokens", "max_tokens", "logit_bias", "stop") if f in str(exc)), None)
         raise APIError(400, str(exc), param) from None
@@ -267,6 +267,8 @@ async def outputs(engine: AsyncEngine, request: Request, out: asyncio.Queue, cho
             choice.text += item.new_text
             choice.token_ids += item.new_token_ids
             choice.logprobs += item.new_logprobs or []
+            if item.prompt_logprobs is not None:  # a request's first output, when it scored its prompt
+                choice.prompt_logprobs = item.prompt_logprobs
             if item.finished:
                 choice.finish_reason = item.finish_reason
                 unfinished.discard(item.request_id)
@@ -330,14 +332,9 @@ async def completions(req: CompletionRequest, request: Request, engine: Ready,
     prompts = req.prompt_list
     check_room(engine, len(prompts) * req.n)
     ids = [await tokenized(engine.tokenization.encode(p)) for p in prompts]
-    scores = None
-    if req.echo and req.logprobs is not None:
-        if engine.settings.tensor_parallel_size != 1:  # scoring runs the model on rank 0 alone
-            raise APIError(400, "Scoring the prompt (echo with logprobs) does not run tensor-parallel yet; leave "
-                                "logprobs out with echo, or use a server started with --tensor-parallel-size 1.",
-                           "logprobs")
-        top = req.logprobs
-        scores = [await engine.call(lambda e, i=i: prompt_logprobs(e.bundle, i, top)) for i in ids]
+    # echo with logprobs scores the prompt: the engine computes each prompt token's logprob in its own steps
+    # (SamplingParams.prompt_logprobs) and hands them over with the request's first output.
+    scored = req.logprobs if req.echo else None
     request_id, created = new_id("cmpl"), now()
     tokenizer = engine.tokenization
 
@@ -349,11 +346,18 @@ async def completions(req: CompletionRequest, request: Request, engine: Ready,
         if req.logprobs is None:
             return None
         return completion_logprobs(tokenizer, new, start, c.prompt_ids if echo else None,
-                                   scores[c.group] if echo else None)
+                                   c.prompt_logprobs if echo else None)
 
     if req.max_tokens == 0:  # echo only: the prompts (and their log-probabilities), nothing generated
-        choices = [Choice(index=p * req.n + j, request_id="", group=p, prompt_ids=i, finish_reason="length")
-                   for p, i in enumerate(ids) for j in range(req.n)]
+        entries: list = [None] * len(ids)
+        if scored is not None:  # one engine request per prompt (max_tokens=0: it ends after its prefill)
+            requests = [EngineRequest(i, sampling_params(req, engine, i, p * req.n, None, 0, scored),
+                                      PromptGroup()) for p, i in enumerate(ids)]
+            out, runs = await submit(engine, requests, implementation)
+            await collect(engine, request, out, runs)
+            entries = [run.prompt_logprobs for run in runs]
+        choices = [Choice(index=p * req.n + j, request_id="", group=p, prompt_ids=i, finish_reason="length",
+                          prompt_logprobs=entries[p]) for p, i in enumerate(ids) for j in range(req.n)]
         body = [CompletionChoice(index=c.index, text=tokenizer.decode(c.prompt_ids),
                                  logprobs=logprobs(c, [], 0, True), finish_reason="length") for c in choices]
         if not req.stream:
@@ -369,8 +373,9 @@ async def completions(req: CompletionRequest, request: Request, engine: Ready,
         return event_stream(echoed())
 
     groups = [PromptGroup() for _ in ids]
-    requests = [EngineRequest(i, sampling_params(req, engine, i, p * req.n + j, req.logprobs, req.max_tokens),
-                              groups[p]) for p, i in enumerate(ids) for j in range(req.n)]
+    requests = [EngineRequest(i, sampling_params(req, engine, i, p * req.n + j, req.logprobs, req.max_tokens,
+                                                 scored), groups[p])
+                for p, i in enumerate(ids) for j in range(req.n)]
     out, choices = await submit(engine, requests, implementation)
 
     def echo_text(c: Choice) -> str:
