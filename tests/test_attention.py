@@ -59,3 +59,35 @@ def test_kernel_names_and_the_lines_flash_prints():
            "attention_kernels": None}
     assert ran_as_lines(cpu) == ["eager attention at 16 tokens ran the operators: _softmax, bmm"]
     assert ran_as_lines({**cpu, "attention_ops": None}) == []
+
+
+def test_paged_sdpa_never_lets_torch_pick_cudnn(monkeypatch):
+    """Every sdpa call of the paged backend runs with cuDNN's kernel excluded (its host cost per call is
+    milliseconds on an H200 for shapes it has not seen), and the setting does not leak out of the call."""
+    import torch.nn.functional as F
+
+    from ruvoninference.attention.paged import AttentionMetadata, DecodeMetadata, PagedAttention, PrefillMetadata
+
+    seen = []
+    real = F.scaled_dot_product_attention
+
+    def recording(*args, **kwargs):
+        seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
+    blocks, bs, hkv, hq, d = 4, 4, 2, 4, 8
+    k_cache, v_cache = torch.zeros(blocks + 1, bs, hkv, d), torch.zeros(blocks + 1, bs, hkv, d)
+    attention = PagedAttention(AttentionImplementation.SDPA, [k_cache], [v_cache], d ** -0.5)
+    # one prompt of 3 tokens (blocks 0) and one decode of a 5-token sequence (blocks 1, 2)
+    t = torch.tensor
+    attention.meta = AttentionMetadata(
+        t([0, 1, 2, 8]), 3,
+        PrefillMetadata(t([0, 3], dtype=torch.int32), t([0, 3], dtype=torch.int32), 3, 3,
+                        t([[0]], dtype=torch.int32), t([3], dtype=torch.int32), [3], [3]),
+        DecodeMetadata(t([[1, 2]], dtype=torch.int32), t([5], dtype=torch.int32), 8))
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    out = attention(0, torch.randn(4, hq, d), torch.randn(4, hkv, d), torch.randn(4, hkv, d))
+    assert out.shape == (4, hq, d) and torch.isfinite(out).all()
+    assert seen == [False, False]  # the prompt's call and the decode's
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before

@@ -18,7 +18,11 @@ The backends:
 
 - `eager` and `sdpa`, the references: gather the sequence's pages into a contiguous tensor, then matmul,
   softmax, matmul (eager) or `scaled_dot_product_attention` (sdpa). Simple and exact; the gather costs a
-  copy of the cache each step.
+  copy of the cache each step. sdpa may use FlashAttention, memory-efficient attention or the math kernel,
+  never cuDNN's: on an H200 (torch 2.11) PyTorch picks cuDNN for these shapes, and cuDNN spends about 60 µs of
+  host time per call on a causal prompt and about 2.5 ms on a masked decode whose shape it has not seen, for
+  a kernel that runs 6 µs; every eager step with a prefill paid that once per layer and sequence
+  (`docs/benchmarks/h200-serve-isolation/`).
 - `flash_attention_2`: `flash_attn_varlen_func` for prefill (reading pages through `block_table` when a
   prefix is cached) and `flash_attn_with_kvcache` for decode. Its paged mode needs blocks of 256 tokens.
 - `triton`: our kernels over the pages (`kernels.paged_attention`), split-KV decode and varlen prefill.
@@ -30,8 +34,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ruvoninference.attention import AttentionImplementation
+
+# sdpa's kernels, cuDNN's left out (see above); PyTorch takes the first that supports the call.
+SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 FLASH_ATTENTION_BLOCK_SIZE = 256  # flash_attn's paged KV needs a block size divisible by 256
 DEFAULT_BLOCK_SIZE = 16
@@ -101,7 +109,7 @@ def gather_pages(cache: torch.Tensor, block_tables: torch.Tensor) -> torch.Tenso
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float,
             use_sdpa: bool, is_causal: bool = False) -> torch.Tensor:
     """q [.., Hq, n, D], k/v [.., Hq, S, D], mask broadcastable to [.., n, S] (True = attend)."""
-    if use_sdpa:
+    if use_sdpa:  # PagedAttention calls this inside sdpa_kernel(SDPA_BACKENDS)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale)
     scores = (q @ k.transpose(-1, -2)) * scale
     if is_causal:
@@ -170,6 +178,12 @@ class PagedAttention:
             self._triton_decode, self._triton_prefill = paged_decode_attention, paged_prefill_attention
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if self.implementation is AttentionImplementation.SDPA:
+            with sdpa_kernel(SDPA_BACKENDS):  # once per layer, not per sequence: entering it costs µs
+                return self._store_and_attend(layer, q, k, v)
+        return self._store_and_attend(layer, q, k, v)
+
+    def _store_and_attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         meta, k_cache, v_cache = self.meta, self.k_caches[layer], self.v_caches[layer]
         store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
         if meta.prefill is None:
