@@ -5,6 +5,7 @@
 # qwen3-0.6b-random in bf16, sdpa (the server's default), the continuous scheduler, max batch 64,
 # N requests of INPUT_LEN prompt and OUTPUT_LEN new tokens.
 #   probe    scripts/probe_steps.py: the engine alone under the same Poisson arrivals, every step timed;
+#   isolation  the fixed-rate leaver A/B of `serve` alone (sdpa), and `benchmark server-overhead`;
 #   tests    the GPU tests of the engine (every backend; the random models: SmolLM2's GGUF is not carried);
 #   startup  Engine.startup_s and the number of decode graphs captured before the engine is ready, per backend;
 #   serve    on one server: concurrency 64 at temperature 1.0 and 0, and with 10% of the clients leaving after
@@ -164,6 +165,29 @@ try:
           f"and temperature: {offline:,.1f}; served/offline = {served / offline:.1%}")
 except (OSError, KeyError, TypeError, ValueError) as exc:
     print(f"offline throughput missing: {exc}")
+PY
+fi
+
+if has isolation; then  # the fixed-rate leaver A/B alone, on the default server, and the host's overhead
+  start_server sdpa
+  bench c64-t1-a --concurrency 64 --temperature 1.0
+  RATE=$(python3 -c "import json; print(round(0.8 * json.load(open('$R/serve-c64-t1-a.json'))['runs'][0]['request_throughput'], 2))")
+  echo "80% of the request rate sustained at concurrency 64: $RATE req/s" | tee -a "$R/commands.txt"
+  for rep in a b; do
+    bench rate80-$rep --concurrency "$N" --temperature 1.0 --request-rate "$RATE"
+    bench rate80-d10-$rep --concurrency "$N" --temperature 1.0 --request-rate "$RATE" --disconnect-fraction 0.1
+  done
+  stop_server
+  run timeout 120 python3 cli.py benchmark server-overhead --serve-json "$R/serve-c64-t1-a.json" \
+    --json "$R/server-overhead.json" --markdown "$R/server-overhead.md" > "$R/server-overhead.log" 2>&1
+  python3 - "$R" <<'PY' 2>&1 | tee "$R/summary.md"
+import json, sys
+r = sys.argv[1]
+for name in ("c64-t1-a", "rate80-a", "rate80-b", "rate80-d10-a", "rate80-d10-b"):
+    x = json.load(open(f"{r}/serve-{name}.json"))["runs"][0]
+    print(f"| {name} | {x['completed']} | {x['failed']} | {x.get('aborted', 0)} | {x['duration_s']:.2f} | "
+          f"{x['output_throughput']:,.1f} | {x['median_ttft_ms']:,.1f} | {x['p99_ttft_ms']:,.1f} | "
+          f"{x['median_tpot_ms']:,.2f} | {x['median_itl_ms']:,.2f} | {x['p99_itl_ms']:,.2f} |")
 PY
 fi
 
