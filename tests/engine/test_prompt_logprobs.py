@@ -87,7 +87,8 @@ def test_chunked_batched_and_beside_a_cached_prefix(bundle, reference, overlap):
     eng = engine(bundle, max_num_batched_tokens=12, async_scheduling=overlap)
     plain = SamplingParams(max_tokens=6, ignore_eos=True)
     alone = eng.generate([PROMPT], plain)[0]  # leaves the prompt's full blocks in the prefix cache
-    others = [eng.add_request(p, SamplingParams(max_tokens=12, ignore_eos=True)) for p in ("Hello there", "A b")]
+    decode = SamplingParams(max_tokens=12, ignore_eos=True)
+    others = [eng.add_request(p, decode) for p in ("Hello there", "A b")]
     outputs = {}
     for _ in range(3):
         for o in eng.step():
@@ -150,7 +151,8 @@ def test_preempted_while_prefilling_or_generating(bundle, reference, overlap, ot
         for o in eng.step():
             outputs.setdefault(o.request_id, []).append(o)
     computed = [c for rid, c in victims if rid == scored]
-    assert computed and all(0 < c < len(PROMPT) if when == "prefilling" else c > len(PROMPT) for c in computed)
+    during = [0 < c < len(PROMPT) if when == "prefilling" else c > len(PROMPT) for c in computed]
+    assert during and all(during), victims
     check(outputs[scored][0].prompt_logprobs, PROMPT, reference(PROMPT), 2)
     assert all(o.prompt_logprobs is None for o in outputs[scored][1:])
     alone = engine(bundle).generate([PROMPT, other], [SamplingParams(max_tokens=12, ignore_eos=True),
@@ -189,3 +191,60 @@ def test_speculative_decoding_refuses_prompt_logprobs(bundle):
     eng = engine(bundle, speculative="ngram")
     with pytest.raises(RuvonError, match="speculative"):
         eng.add_request(PROMPT, SamplingParams(max_tokens=2, prompt_logprobs=0))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("attn", ["sdpa", "triton"])
+def test_on_the_gpu_overlapped_with_graphs_and_the_row_cap(attn):
+    """CUDA: overlapped steps, decode graphs, a 1300-token prompt scored over three steps of 512 rows beside
+    decoding requests, and a max_tokens=0 request; equal to a float64 forward."""
+    from ruvoninference.attention import get_available_implementations
+
+    if attn not in [i.value for i in get_available_implementations("cuda")]:
+        pytest.skip(f"{attn} is not available here")
+    gpu = torch.device("cuda")
+    bundle = load_model("qwen3-0.6b-random", gpu, torch.float32)
+    try:
+        eng = Engine(bundle, attn, kv_cache_memory=1 << 30)
+    except RuvonError as exc:  # a backend without float32
+        pytest.skip(str(exc))
+    assert eng.async_scheduling and eng.use_cuda_graphs
+    prompt = [(i * 7919) % 150000 for i in range(1300)]
+    batches = record(eng)
+    decode = SamplingParams(max_tokens=40, ignore_eos=True)
+    decoding = [eng.add_request(p, decode) for p in ("Hello", "A b c")]
+    eng.step(), eng.step()
+    ids = [eng.add_request(prompt, SamplingParams(max_tokens=m, ignore_eos=True, prompt_logprobs=4))
+           for m in (3, 0)]
+    outputs = {}
+    while eng.has_unfinished():
+        for o in eng.step():
+            outputs.setdefault(o.request_id, []).append(o)
+    assert max(b.num_prompt_rows for b in batches) == scheduler_module.PROMPT_LOGPROB_ROWS
+    assert all(sum(len(o.new_token_ids) for o in outputs[d]) == 40 for d in decoding)
+    model = copy.deepcopy(bundle.model).double()
+    scale = bundle.config.attn_scale
+
+    def attention(_layer, q, k, v):
+        groups = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        out = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
+                                             is_causal=True, scale=scale)
+        return out.transpose(0, 1)
+
+    with torch.inference_mode():
+        hidden = model(torch.tensor(prompt, device=gpu), torch.arange(len(prompt), device=gpu), attention)
+        ref = model.compute_logits(hidden).log_softmax(-1).cpu()
+    for request_id in ids:
+        entries = outputs[request_id][0].prompt_logprobs
+        assert len(entries) == len(prompt) and entries[0] is None
+        got = torch.tensor([e.logprob for e in entries[1:]], dtype=torch.float64)
+        want = ref[torch.arange(len(prompt) - 1), torch.tensor(prompt[1:])]
+        assert torch.allclose(got, want, atol=2e-3), (got - want).abs().max()
+    assert outputs[ids[1]][-1].finish_reason == "length" and outputs[ids[1]][-1].new_token_ids == []
+    assert eng.block_manager.num_free_blocks == eng.block_manager.num_blocks
+    del eng, model
+    # The cache sizing pass scores PROMPT_LOGPROB_ROWS rows too: an engine that fills the GPU still scores.
+    eng = Engine(bundle, attn)
+    (out,) = eng.generate([prompt], SamplingParams(max_tokens=0, prompt_logprobs=20))
+    assert len(out.prompt_logprobs) == len(prompt) and len(out.prompt_logprobs[1].top) == 20
