@@ -4,8 +4,8 @@
 - `tokenization`: prompts to token ids on a thread of their own, with the cheap length bound first.
 - `async_engine`: the one thread that owns the engines and drives `step()`; handlers talk to it by queues;
   exact backpressure and fault isolation.
-- `routes`: OpenAI's routes (APIRouter), server-sent events; `outputs`: engine outputs in OpenAI's shapes.
-- `scoring`: prompt log-probabilities (`echo` with `logprobs`).
+- `routes`: OpenAI's routes (APIRouter), server-sent events; `outputs`: engine outputs in OpenAI's shapes
+  (`echo` with `logprobs` takes the prompt's log-probabilities from the engine's prefill steps).
 - `errors`, `middleware`: errors in OpenAI's shape; status counting, API key, body limit.
 - `metrics`: what `/metrics` exposes (vLLM's names under `ruvon:`).
 - `lifecycle`: uvicorn with a bounded graceful shutdown.

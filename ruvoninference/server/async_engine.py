@@ -3,7 +3,7 @@
 The engine is not thread-safe and its `step()` blocks for a whole forward pass, so it cannot run on the
 event loop: one background thread owns every `Engine` and runs this loop
 
-    drain the inbox (add / abort / score)  ->  step each engine with work  ->  hand the outputs out
+    drain the inbox (add / abort)  ->  step each engine with work  ->  hand the outputs out
 
 Handlers never touch an engine. They tokenize on their own thread (`tokenization.py`), put one command in
 the inbox (a thread-safe `queue.Queue`) for all the prompts and choices of an HTTP request, and read their
@@ -46,7 +46,6 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -138,15 +137,6 @@ class _Add:
     loop: asyncio.AbstractEventLoop
 
 
-@dataclass
-class _Call:
-    """Run `fn(engine)` on the engine thread between steps (e.g. scoring a prompt) and return its result."""
-
-    fn: Callable[[Any], Any]
-    done: asyncio.Future
-    loop: asyncio.AbstractEventLoop
-
-
 class AsyncEngine:
     """Owns the engine thread. Call `start()` once; `state` says loading / ready / failed."""
 
@@ -216,13 +206,6 @@ class AsyncEngine:
                 self.abort(s.request_id)
             raise
         return streams
-
-    async def call(self, fn: Callable[[Any], Any]) -> Any:
-        """`fn(engine)` on the engine thread, between two steps."""
-        loop = asyncio.get_running_loop()
-        done = loop.create_future()
-        self._inbox.put(_Call(fn, done, loop))
-        return await done
 
     def abort(self, request_id: str) -> None:
         self._inbox.put(("abort", request_id))
@@ -323,15 +306,6 @@ class AsyncEngine:
     def _execute(self, command) -> None:
         if isinstance(command, _Add):
             self._add(command)
-        elif isinstance(command, _Call):
-            try:
-                if self.settings.tensor_parallel_size != 1:  # fn would run the model on rank 0 alone: a hang
-                    raise RuvonError("This server runs tensor-parallel; scoring a prompt outside the engine's "
-                                     "steps does not run tensor-parallel yet.")
-                result, error = command.fn(self.engine), None
-            except Exception as exc:  # noqa: BLE001 (a RuvonError is the client's 400; anything else a 500)
-                result, error = None, self._client_error(exc)
-            command.loop.call_soon_threadsafe(_resolve, command.done, error, result)
         elif command[0] == "abort":
             tracked = self._tracked.pop(command[1], None)
             if tracked is not None:
@@ -410,6 +384,8 @@ class AsyncEngine:
                 t.tokens += n
             if out.finished:
                 self._tracked.pop(out.request_id)
+                if t.first_token is None and out.finish_reason != "abort":
+                    self._prefilled(t)  # a prompt scored with max_tokens=0: prefilled, no token drawn
                 self._observe_finished(t, out.finish_reason)
             deliveries.setdefault(t.loop, []).append((t.stream.queue, out))
         if produced:

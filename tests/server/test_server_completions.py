@@ -10,6 +10,8 @@ import openai
 import pytest
 import torch
 
+from tests.server.test_server_errors import metric
+
 PROMPTS = ["Once upon a time", "The capital of France is", "In 1905 Einstein published",
            "def fibonacci(n):", "A short poem about the sea", "Hello"]
 
@@ -123,6 +125,7 @@ def test_echo_scores_the_prompt_as_lm_eval_asks(gpt2_server):
     generated = httpx.post(url, timeout=60, json={"prompt": "Once upon a time", "max_tokens": 3,
                                                   "temperature": 0, "logprobs": 0}).json()["choices"][0]
     text = "Once upon a time" + generated["text"]
+    before = httpx.get(gpt2_server.url + "/metrics").text
     scored = httpx.post(url, timeout=60, json={"prompt": text, "max_tokens": 0, "echo": True, "logprobs": 1})
     assert scored.status_code == 200, scored.text
     body = scored.json()
@@ -132,6 +135,11 @@ def test_echo_scores_the_prompt_as_lm_eval_asks(gpt2_server):
     assert lp["token_logprobs"][-3:] == pytest.approx(generated["logprobs"]["token_logprobs"], abs=1e-3)
     assert all(len(top) == 1 for top in lp["top_logprobs"][1:])
     assert body["usage"]["completion_tokens"] == 0 and body["usage"]["prompt_tokens"] == len(lp["tokens"])
+    after = httpx.get(gpt2_server.url + "/metrics").text
+    m = {"model_name": "gpt2-random"}
+    # the scored prompt counts as `usage` counts it, though no token was drawn
+    assert metric(after, "ruvon:prompt_tokens_total", **m) - metric(before, "ruvon:prompt_tokens_total", **m) \
+        == body["usage"]["prompt_tokens"]
     nothing = httpx.post(url, timeout=60, json={"prompt": text, "max_tokens": 0})
     assert nothing.status_code == 400 and nothing.json()["error"]["param"] == "max_tokens"
 
