@@ -6,6 +6,7 @@
 # N requests of INPUT_LEN prompt and OUTPUT_LEN new tokens.
 #   probe    scripts/probe_steps.py: the engine alone under the same Poisson arrivals, every step timed;
 #   isolation  the fixed-rate leaver A/B of `serve` alone (sdpa), and `benchmark server-overhead`;
+#   leavers  more repeats of that A/B at each rate of RATES (REPS names the repeats);
 #   tests    the GPU tests of the engine (every backend; the random models: SmolLM2's GGUF is not carried);
 #   startup  Engine.startup_s and the number of decode graphs captured before the engine is ready, per backend;
 #   serve    on one server: concurrency 64 at temperature 1.0 and 0, and with 10% of the clients leaving after
@@ -40,8 +41,9 @@ run() { echo "\$ $*" | tee -a "$R/commands.txt"; "$@"; echo "exit $?" | tee -a "
 has() { case " $STAGES " in *" $1 "*) return 0;; esac; return 1; }
 
 if has tests; then
-  run timeout "${TESTS_S:-300}" python3 -m pytest -q -m gpu -x tests/engine/test_engine_gpu.py -k "not smollm2" \
-    > "$R/tests-engine-gpu.log" 2>&1
+  run timeout "${TESTS_S:-300}" python3 -m pytest -q -m gpu tests/engine/test_engine_gpu.py \
+    tests/engine/test_prompt_logprobs.py tests/test_attention.py tests/kernels/test_sampling_kernel.py \
+    -k "not smollm2" > "$R/tests-engine-gpu.log" 2>&1
   tail -5 "$R/tests-engine-gpu.log"
 fi
 
@@ -189,6 +191,17 @@ for name in ("c64-t1-a", "rate80-a", "rate80-b", "rate80-d10-a", "rate80-d10-b")
           f"{x['output_throughput']:,.1f} | {x['median_ttft_ms']:,.1f} | {x['p99_ttft_ms']:,.1f} | "
           f"{x['median_tpot_ms']:,.2f} | {x['median_itl_ms']:,.2f} | {x['p99_itl_ms']:,.2f} |")
 PY
+fi
+
+if has leavers; then  # more repeats of the fixed-rate leaver A/B, at each of RATES (req/s), interleaved
+  start_server sdpa
+  for rate in ${RATES:-40.64 47.64}; do
+    for rep in ${REPS:-c d}; do
+      bench rate$rate-$rep --concurrency "$N" --temperature 1.0 --request-rate "$rate"
+      bench rate$rate-d10-$rep --concurrency "$N" --temperature 1.0 --request-rate "$rate" --disconnect-fraction 0.1
+    done
+  done
+  stop_server
 fi
 
 if has probe; then  # the engine alone under the same arrivals: every step's time and what it held
