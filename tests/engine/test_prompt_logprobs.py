@@ -213,10 +213,11 @@ def test_on_the_gpu_overlapped_with_graphs_and_the_row_cap(attn):
     batches = record(eng)
     decode = SamplingParams(max_tokens=40, ignore_eos=True)
     decoding = [eng.add_request(p, decode) for p in ("Hello", "A b c")]
-    eng.step(), eng.step()
+    outputs = {}
+    for o in eng.step() + eng.step():  # overlapped: the second step hands out the first one's tokens
+        outputs.setdefault(o.request_id, []).append(o)
     ids = [eng.add_request(prompt, SamplingParams(max_tokens=m, ignore_eos=True, prompt_logprobs=4))
            for m in (3, 0)]
-    outputs = {}
     while eng.has_unfinished():
         for o in eng.step():
             outputs.setdefault(o.request_id, []).append(o)
