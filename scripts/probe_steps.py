@@ -41,29 +41,52 @@ def main() -> None:
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--no-mixed", action="store_true")
     p.add_argument("--json", default=None)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--leave-fraction", type=float, default=0.0,
+                   help="abort this fraction of the requests (seeded choice) after --leave-after tokens, as a "
+                        "client that leaves; run once without and once with them on the same arrivals")
+    p.add_argument("--leave-after", type=int, default=4)
+    p.add_argument("--control", action="store_true",
+                   help="also run the chosen requests as requests that simply ask for --leave-after tokens and "
+                        "finish (no abort): what the leavers cost the others, minus what aborting adds")
     p.add_argument("--profile-steps", type=int, default=0, help="cProfile the first N timed steps")
     p.add_argument("--trace-mixed", type=int, default=0,
                    help="torch.profiler over the first N steps that carry a prefill and decodes: the top operators")
     args = p.parse_args()
-    device = torch.device("cuda")
-    bundle = load_model(args.model, device, torch.bfloat16)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    bundle = load_model(args.model, device, torch.bfloat16 if cuda else torch.float32)
     results = []
     for attn in args.attn or ["sdpa"]:
         for mixed in ([False] if args.no_mixed else [True, False]):
-            results.append(probe(bundle, attn, mixed, args))
+            for leave in sorted({0.0, args.leave_fraction}):
+                results.append(probe(bundle, attn, mixed, args, leave))
+            if args.control and args.leave_fraction:
+                results.append(probe(bundle, attn, mixed, args, args.leave_fraction, short=True))
     if args.json:
-        json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "args": vars(args),
-                   "runs": results}, open(args.json, "w"), indent=1)
+        name = torch.cuda.get_device_name() if cuda else "cpu"
+        json.dump({"device": name, "torch": torch.__version__, "args": vars(args), "runs": results},
+                  open(args.json, "w"), indent=1)
 
 
-def probe(bundle, attn: str, mixed: bool, args) -> dict:
+def _alloc_stats(cuda: bool) -> dict:
+    return torch.cuda.memory_stats() if cuda else {}
+
+
+def probe(bundle, attn: str, mixed: bool, args, leave_fraction: float = 0.0, short: bool = False) -> dict:
     engine = Engine(bundle, attn, max_batch_size=args.max_batch_size, mixed_batches=mixed)
+    cuda = engine.device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     rng = random.Random(0)
     arrivals, t = [], 0.0
     for _ in range(args.num):
         arrivals.append(t)
         t += rng.expovariate(args.rate)
-    prompts = [[rng.randrange(1000, 10000) for _ in range(args.input_len)] for _ in range(args.num)]
+    vocab = bundle.config.vocab_size
+    prompts = [[rng.randrange(vocab // 10, vocab) for _ in range(args.input_len)] for _ in range(args.num)]
+    chooser = random.Random(1)
+    leaving = {str(i) for i in range(args.num) if chooser.random() < leave_fraction}
+    produced: dict[str, int] = {}
     sampling = SamplingParams(max_tokens=args.output_len, ignore_eos=True, temperature=1.0)
     # warm-up: one request, as the serving benchmark does
     engine.generate([prompts[0]], SamplingParams(max_tokens=8, ignore_eos=True))
@@ -79,8 +102,8 @@ def probe(bundle, attn: str, mixed: bool, args) -> dict:
         return inputs
 
     engine.runner.prepare = recording_prepare
-    torch.cuda.synchronize()
-    stats0 = torch.cuda.memory_stats()
+    sync()
+    stats0 = _alloc_stats(cuda)
     steps, i, start, traced = [], 0, time.perf_counter(), 0
     first: dict[str, float] = {}
     last: dict[str, float] = {}
@@ -88,15 +111,18 @@ def probe(bundle, attn: str, mixed: bool, args) -> dict:
     while i < args.num or engine.has_unfinished():
         now = time.perf_counter() - start
         while i < args.num and arrivals[i] <= now:
-            engine.add_request(prompts[i], sampling, request_id=str(i))
+            rid = str(i)
+            params = SamplingParams(max_tokens=args.leave_after, ignore_eos=True, temperature=1.0) \
+                if short and rid in leaving else sampling
+            engine.add_request(prompts[i], params, request_id=rid)
             i += 1
         if not engine.has_unfinished():
             time.sleep(max(0.0, arrivals[i] - now))
             continue
         before = len(seen)
-        retries0 = torch.cuda.memory_stats().get("num_alloc_retries", 0)
+        retries0 = _alloc_stats(cuda).get("num_alloc_retries", 0)
         profiler = cProfile.Profile() if len(steps) < args.profile_steps else None
-        if traced < args.trace_mixed and engine.scheduler.waiting and engine.scheduler.running:
+        if cuda and traced < args.trace_mixed and engine.scheduler.waiting and engine.scheduler.running:
             traced += 1
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
                                                     torch.profiler.ProfilerActivity.CUDA]) as trace:
@@ -119,7 +145,13 @@ def probe(bundle, attn: str, mixed: bool, args) -> dict:
             pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(30)
             print(f"-- profile of step {len(steps)} ({(t1 - t0) * 1e3:.1f} ms):\n" + text.getvalue()[:6000])
         for out in outputs:
-            if out.new_token_ids:
+            produced[out.request_id] = produced.get(out.request_id, 0) + len(out.new_token_ids)
+            if not short and out.request_id in leaving and produced[out.request_id] >= args.leave_after \
+                    and not out.finished:
+                engine.abort(out.request_id)  # the client left: its later tokens are not counted
+                last.pop(out.request_id, None)
+                continue
+            if out.new_token_ids and out.request_id not in leaving:
                 if out.request_id in last:
                     gaps.append(t1 - last[out.request_id])
                 else:
@@ -128,11 +160,11 @@ def probe(bundle, attn: str, mixed: bool, args) -> dict:
         record = seen[before] if len(seen) > before else {"prefill_seqs": 0, "prefill_tokens": 0, "decodes": 0,
                                                           "graph": False, "key": None}
         record = {**record, "ms": (t1 - t0) * 1e3, "launched": len(seen) - before,
-                  "alloc_retries": torch.cuda.memory_stats().get("num_alloc_retries", 0) - retries0,
+                  "alloc_retries": _alloc_stats(cuda).get("num_alloc_retries", 0) - retries0,
                   "at_s": t0 - start}
         steps.append(record)
     elapsed = time.perf_counter() - start
-    stats1 = torch.cuda.memory_stats()
+    stats1 = _alloc_stats(cuda)
 
     def kind(s):
         if s["prefill_seqs"] and s["decodes"]:
@@ -151,13 +183,21 @@ def probe(bundle, attn: str, mixed: bool, args) -> dict:
                           "max_ms": float(ms.max()), "total_s": float(ms.sum() / 1e3)}
     gaps_ms = np.array(gaps) * 1e3
     slow = sorted(steps, key=lambda s: -s["ms"])[:15]
-    result = {"attn": attn, "mixed_batches": mixed, "elapsed_s": elapsed, "steps": len(steps), "by_kind": summary,
+    stay = [r for r in first if r not in leaving and r in last]
+    tpot = [(last[r] - first[r]) / (args.output_len - 1) * 1e3 for r in stay]
+    result = {"attn": attn, "mixed_batches": mixed, "leave_fraction": leave_fraction, "left": len(leaving),
+              "leavers_as_short_requests": short,
+              "tpot_median_ms": float(np.median(tpot)) if tpot else 0.0,
+              "steps_with_prefill": sum(1 for s in steps if s["prefill_seqs"]),
+              "elapsed_s": elapsed, "steps": len(steps), "by_kind": summary,
               "itl_median_ms": float(np.median(gaps_ms)), "itl_p99_ms": float(np.percentile(gaps_ms, 99)),
               "itl_max_ms": float(gaps_ms.max()),
               "alloc_retries": stats1.get("num_alloc_retries", 0) - stats0.get("num_alloc_retries", 0),
               "cuda_mallocs": stats1.get("segment.all.allocated", 0) - stats0.get("segment.all.allocated", 0),
               "graphs": len(engine.runner._graphs), "slowest": slow}
-    print(f"\n== {attn} mixed={mixed}: {elapsed:.2f} s, {len(steps)} steps, ITL median {result['itl_median_ms']:.2f} "
+    print(f"\n== {attn} mixed={mixed} leaving={len(leaving)}{' (short requests, no abort)' if short else ''}: {elapsed:.2f} s, {len(steps)} steps "
+          f"({result['steps_with_prefill']} with a prefill), stayers' TPOT median {result['tpot_median_ms']:.2f} ms, "
+          f"ITL median {result['itl_median_ms']:.2f} "
           f"p99 {result['itl_p99_ms']:.2f} max {result['itl_max_ms']:.1f} ms, alloc retries {result['alloc_retries']}, "
           f"new segments {result['cuda_mallocs']}")
     for k, v in summary.items():
@@ -169,7 +209,8 @@ def probe(bundle, attn: str, mixed: bool, args) -> dict:
     engine.runner.prepare = prepare
     del engine, prepare, recording_prepare
     gc.collect()
-    torch.cuda.empty_cache()
+    if cuda:
+        torch.cuda.empty_cache()
     return result
 
 
