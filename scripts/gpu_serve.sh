@@ -98,6 +98,15 @@ bench() {  # bench NAME [benchmark serve options...]
     --markdown "$R/serve-$name.md" > "$R/bench-$name.log" 2>&1
 }
 
+leaver_ab() {  # 80% of the request rate of serve-c64-t1-a, with and without 10% leaving, twice, interleaved
+  RATE=$(python3 -c "import json; print(round(0.8 * json.load(open('$R/serve-c64-t1-a.json'))['runs'][0]['request_throughput'], 2))")
+  echo "80% of the request rate sustained at concurrency 64: $RATE req/s" | tee -a "$R/commands.txt"
+  for rep in a b; do
+    bench rate80-$rep --concurrency "$N" --temperature 1.0 --request-rate "$RATE"
+    bench rate80-d10-$rep --concurrency "$N" --temperature 1.0 --request-rate "$RATE" --disconnect-fraction 0.1
+  done
+}
+
 if has serve; then
   start_server sdpa
   bench c64-t1-a --concurrency 64 --temperature 1.0
@@ -105,12 +114,7 @@ if has serve; then
   bench c64-t1-b --concurrency 64 --temperature 1.0
   bench c64-t1-d10-b --concurrency 64 --temperature 1.0 --disconnect-fraction 0.1
   bench c64-t0 --concurrency 64 --temperature 0
-  RATE=$(python3 -c "import json; print(round(0.8 * json.load(open('$R/serve-c64-t1-a.json'))['runs'][0]['request_throughput'], 2))")
-  echo "80% of the request rate sustained at concurrency 64: $RATE req/s" | tee -a "$R/commands.txt"
-  for rep in a b; do
-    bench rate80-$rep --concurrency "$N" --temperature 1.0 --request-rate "$RATE"
-    bench rate80-d10-$rep --concurrency "$N" --temperature 1.0 --request-rate "$RATE" --disconnect-fraction 0.1
-  done
+  leaver_ab
   curl -s "http://127.0.0.1:$port/metrics" > "$R/metrics-sdpa.txt"
   stop_server
 
@@ -173,12 +177,7 @@ fi
 if has isolation; then  # the fixed-rate leaver A/B alone, on the default server, and the host's overhead
   start_server sdpa
   bench c64-t1-a --concurrency 64 --temperature 1.0
-  RATE=$(python3 -c "import json; print(round(0.8 * json.load(open('$R/serve-c64-t1-a.json'))['runs'][0]['request_throughput'], 2))")
-  echo "80% of the request rate sustained at concurrency 64: $RATE req/s" | tee -a "$R/commands.txt"
-  for rep in a b; do
-    bench rate80-$rep --concurrency "$N" --temperature 1.0 --request-rate "$RATE"
-    bench rate80-d10-$rep --concurrency "$N" --temperature 1.0 --request-rate "$RATE" --disconnect-fraction 0.1
-  done
+  leaver_ab
   stop_server
   run timeout 120 python3 cli.py benchmark server-overhead --serve-json "$R/serve-c64-t1-a.json" \
     --json "$R/server-overhead.json" --markdown "$R/server-overhead.md" > "$R/server-overhead.log" 2>&1
