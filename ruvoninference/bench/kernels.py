@@ -803,16 +803,14 @@ def prefill_short_ratios(report: PagedReport) -> list[dict]:
 
 def decode_ratios(report: PagedReport) -> list[dict]:
     """Per cell: ours (block 16 and 256) over FA2's time, and ours' bandwidth as a fraction of the copy's."""
-    cells: dict[tuple, dict[str, DecodeRow]] = {}
-    for r in report.decode:
-        cells.setdefault((r.heads_q, r.heads_kv, r.head_dim, r.batch, r.kv_len), {})[r.provider] = r
+    decode_key = ("heads_q", "heads_kv", "head_dim", "batch", "kv_len")
     # The fastest K/V read any provider reached anywhere in the run: where FA2 already reads at more than
     # 1/1.2 of it, no kernel could be 1.2x faster than FA2 at that cell without out-reading every kernel here.
     best_read = max((r.gbps for r in report.decode if r.gbps), default=None)
     out = []
-    for key, cell in cells.items():
+    for key, cell in cells_by(report.decode, decode_key).items():
         fa2 = cell.get("flash_attn_paged_256")
-        entry = dict(zip(("heads_q", "heads_kv", "head_dim", "batch", "kv_len"), key))
+        entry = dict(zip(decode_key, key))
         entry["fa2_ceiling"] = best_read / fa2.gbps if best_read and fa2 and fa2.gbps else None
         for size in (16, 256):
             ours = cell.get(f"triton_paged_{size}")
