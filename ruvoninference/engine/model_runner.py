@@ -23,8 +23,8 @@ outputs are dropped.
 The gathering backends (eager, sdpa) read a block table as wide as the longest sequence, so their graphs are
 keyed by a power-of-two width too; FlashAttention-2 and our Triton kernels read only the blocks each row
 needs, so one width (the model's maximum) serves every step. Every graph a run can replay is captured
-before the engine is ready (`capture_all`): a capture is a few eager forward passes, and one made in the
-middle of a served run stalls every stream for as long (about 100 ms on an H200). A gathering step that
+before the engine is ready (`capture_all`): a capture is two or three eager forward passes, and one made in
+the middle of a served run would hold every stream up for as long. A gathering step that
 would copy more than `GATHER_GRAPH_TOKENS` cached tokens runs eagerly instead: that much copying costs far
 more than the launches a graph saves, and capturing it would hold that much memory for nothing.
 
@@ -46,8 +46,9 @@ from ruvoninference.models import ModelBundle
 
 GATHERING = (AttentionImplementation.EAGER, AttentionImplementation.SDPA)
 # A gathering backend's decode graph exists for (bucket, width) only while bucket * width * block_size, the
-# cached tokens one step copies per layer, stays within this (2**18 tokens: 1 GiB of keys and values per layer
-# for Qwen3-0.6B in bf16, whose copy takes about as long as the launches of a whole forward pass).
+# cached tokens one step copies per layer, stays within this. An estimate, not a tuned value: 2**18 tokens are
+# 1 GiB of keys and values per layer for Qwen3-0.6B in bf16, 28 GiB over its layers, about 8 ms at the H200's
+# measured 3.7 TB/s copy: already more than the launches a graph saves.
 GATHER_GRAPH_TOKENS = 2**18
 _NUMPY = {torch.long: np.int64, torch.int32: np.int32}
 
@@ -310,8 +311,7 @@ class ModelRunner:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
             logits = self._forward(ids, pos, meta)
-        # A capture made while sequences run (a tensor-parallel engine rebuilt at start) leaves their buffers as
-        # they were.
+        # The buffers go back as they were: a capture has no effect on the steps that follow.
         self._packed.copy_(saved[0]), self._seq_lens.copy_(saved[1]), self._block_tables.copy_(saved[2])
         return _Graph(graph, logits)
 
